@@ -1,0 +1,164 @@
+"""Labelled face data: SMILEsmileD, the CelebA subset, official CelebA and plain folders.
+
+Every loader returns a list of :class:`Sample`. :func:`face_crops` turns samples
+into the model's greyscale crops, cut exactly as the app cuts them, and caches
+the result on disk.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from . import faces
+from .model import INPUT_SIZE
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+#: crops are cached with this much context around the model crop, for augmentation
+CONTEXT = 1.25
+CONTEXT_SIZE = int(round(INPUT_SIZE * CONTEXT))
+DATASETS = ("smilesmiled", "celeba-subset", "celeba", "folder")
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    smiling: int  # 1 smiling, 0 not
+    split: str  # train / val / test / all
+    dataset: str
+    is_crop: bool  # the image is already a tight face crop
+    male: int | None = None
+
+
+def data_root(root=None) -> Path:
+    """The data folder: ``root`` if given, else ``$SMILEKIT_DATA``, else ``data/`` in the project."""
+    chosen = root or os.environ.get("SMILEKIT_DATA") or Path(__file__).resolve().parent.parent / "data"
+    path = Path(chosen).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"Data folder {path} does not exist: pass a data root or set SMILEKIT_DATA (see data/README.md)")
+    return path
+
+
+def _read_split_csv(folder: Path, dataset: str, is_crop: bool) -> list[Sample]:
+    csv_path = folder / "split.csv"
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"{csv_path} not found: is {folder} a {dataset} folder? (see data/README.md)")
+    with open(csv_path, newline="") as f:
+        return [
+            Sample(folder / row["path"], int(row["smiling"]), row["split"], dataset, is_crop,
+                   int(row["male"]) if row.get("male") not in (None, "") else None)
+            for row in csv.DictReader(f)
+        ]
+
+
+def load_smilesmiled(folder) -> list[Sample]:
+    """SMILEsmileD: ``split.csv`` (path,smiling,split) over ``positives/`` and ``negatives/`` 64x64 crops."""
+    return _read_split_csv(Path(folder), "smilesmiled", is_crop=True)
+
+
+def load_celeba_subset(folder) -> list[Sample]:
+    """The CelebA subset: ``split.csv`` (path,smiling,split,male) over aligned 178x218 photos."""
+    return _read_split_csv(Path(folder), "celeba-subset", is_crop=False)
+
+
+def load_celeba(folder) -> list[Sample]:
+    """Official CelebA: ``img_align_celeba/``, ``list_attr_celeba.txt``, ``list_eval_partition.txt``."""
+    folder = Path(folder)
+    splits = {}
+    for line in (folder / "list_eval_partition.txt").read_text().split("\n"):
+        if line.strip():
+            name, part = line.split()
+            splits[name] = ("train", "val", "test")[int(part)]
+    lines = (folder / "list_attr_celeba.txt").read_text().split("\n")
+    columns = lines[1].split()
+    smile_col, male_col = columns.index("Smiling"), columns.index("Male")
+    samples = []
+    for line in lines[2:]:
+        parts = line.split()
+        if not parts:
+            continue
+        values = parts[1:]
+        samples.append(Sample(folder / "img_align_celeba" / parts[0], int(values[smile_col] == "1"),
+                              splits.get(parts[0], "train"), "celeba", False, int(values[male_col] == "1")))
+    return samples
+
+
+def load_folder(folder, is_crop: bool = False) -> list[Sample]:
+    """A plain folder with ``smiling/`` and ``not_smiling/`` subfolders of images (split 'all')."""
+    folder = Path(folder)
+    samples = []
+    for label, sub in ((1, "smiling"), (0, "not_smiling")):
+        if not (folder / sub).is_dir():
+            raise FileNotFoundError(f"{folder / sub} not found: a folder dataset needs smiling/ and not_smiling/ subfolders")
+        samples += [Sample(p, label, "all", "folder", is_crop) for p in sorted((folder / sub).rglob("*"))
+                    if p.suffix.lower() in IMAGE_SUFFIXES]
+    return samples
+
+
+def load_dataset(name: str, root=None) -> list[Sample]:
+    """Load a dataset by name from its usual folder under the data root."""
+    base = data_root(root)
+    loaders = {"smilesmiled": (load_smilesmiled, "smilesmiled"), "celeba-subset": (load_celeba_subset, "celeba-subset"),
+               "celeba": (load_celeba, "celeba")}
+    if name not in loaders:
+        raise ValueError(f"Unknown dataset {name!r}; choose one of {sorted(loaders)} (or use load_folder)")
+    loader, sub = loaders[name]
+    return loader(base / sub)
+
+
+def select(samples: list[Sample], split: str | None = None, limit: int | None = None) -> list[Sample]:
+    """Samples of one split (None: all), at most ``limit`` of them, spread evenly over the list."""
+    chosen = [s for s in samples if split is None or s.split == split]
+    if limit is not None and limit < len(chosen):
+        step = len(chosen) / limit
+        chosen = [chosen[int(i * step)] for i in range(limit)]
+    return chosen
+
+
+def face_box(sample: Sample, image: Image.Image) -> tuple[faces.Box, bool]:
+    """The face used for a labelled image and whether a detector found it.
+
+    Crops use :func:`faces.face_in_crop`; photos use the largest detected face,
+    falling back to the whole picture (as the app offers) when none is found.
+    """
+    if sample.is_crop:
+        return faces.face_in_crop(image), True
+    found = faces.detect_faces(image)
+    if found:
+        return max(found, key=lambda b: b.w), True
+    return faces.whole_image_box(image), False
+
+
+def _cache_key(samples: list[Sample], context: float) -> str:
+    digest = hashlib.sha256(f"v1 {context} {faces.CROP_SCALE} {faces.CROP_SHIFT_Y}".encode())
+    for s in samples:
+        digest.update(f"{s.path}|{s.is_crop}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def face_crops(samples: list[Sample], context: float = CONTEXT, cache_dir=None, progress: bool = True):
+    """Greyscale face crops (N x S x S uint8, S = 64 * context) and a found-by-detector flag per sample.
+
+    Results are cached in ``cache_dir`` (default ``$SMILEKIT_CACHE`` or ``outputs/cache``).
+    """
+    size = int(round(INPUT_SIZE * context))
+    cache_dir = Path(cache_dir or os.environ.get("SMILEKIT_CACHE") or Path(__file__).resolve().parent.parent / "outputs" / "cache")
+    cache_file = cache_dir / f"crops-{_cache_key(samples, context)}.npz"
+    if cache_file.is_file():
+        cached = np.load(cache_file)
+        return cached["crops"], cached["found"]
+    crops = np.zeros((len(samples), size, size), dtype=np.uint8)
+    found = np.zeros(len(samples), dtype=bool)
+    for i, sample in enumerate(tqdm(samples, desc="cutting faces", disable=not progress, mininterval=2)):
+        image = Image.open(sample.path).convert("L")
+        box, found[i] = face_box(sample, image)
+        crops[i] = np.asarray(faces.cut_face(image, box, size, context))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(cache_file, crops=crops, found=found)
+    return crops, found

@@ -1,0 +1,93 @@
+"""Classification figures from labels and probabilities (plain numpy)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def accuracy(y_true, y_prob, threshold=0.5) -> float:
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_prob) >= threshold
+    return float((y_pred == y_true.astype(bool)).mean()) if len(y_true) else float("nan")
+
+
+def confusion_matrix(y_true, y_prob, threshold=0.5) -> np.ndarray:
+    """2x2 counts, rows = true (not smiling, smiling), columns = predicted."""
+    y_true = np.asarray(y_true).astype(int)
+    y_pred = (np.asarray(y_prob) >= threshold).astype(int)
+    matrix = np.zeros((2, 2), dtype=int)
+    np.add.at(matrix, (y_true, y_pred), 1)
+    return matrix
+
+
+def balanced_accuracy(y_true, y_prob, threshold=0.5) -> float:
+    """Mean of the recall of each class present."""
+    matrix = confusion_matrix(y_true, y_prob, threshold)
+    recalls = [matrix[c, c] / matrix[c].sum() for c in (0, 1) if matrix[c].sum()]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
+def roc_auc(y_true, y_prob) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties counted half); nan with one class only."""
+    y_true, y_prob = np.asarray(y_true).astype(bool), np.asarray(y_prob, dtype=float)
+    pos, neg = y_prob[y_true], y_prob[~y_true]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(len(order))
+    values = np.concatenate([pos, neg])[order]
+    # average ranks over ties
+    _, first, counts = np.unique(values, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0 + 1
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def roc_curve(y_true, y_prob):
+    """False and true positive rates over all thresholds (for plotting)."""
+    y_true, y_prob = np.asarray(y_true).astype(bool), np.asarray(y_prob, dtype=float)
+    order = np.argsort(-y_prob, kind="mergesort")
+    tp = np.concatenate([[0], np.cumsum(y_true[order])])
+    fp = np.concatenate([[0], np.cumsum(~y_true[order])])
+    return fp / max(1, (~y_true).sum()), tp / max(1, y_true.sum())
+
+
+def summary(y_true, y_prob, threshold=0.5) -> dict:
+    """n, accuracy, balanced accuracy and ROC AUC in one dict."""
+    return {"n": int(len(y_true)), "accuracy": accuracy(y_true, y_prob, threshold),
+            "balanced_accuracy": balanced_accuracy(y_true, y_prob, threshold), "roc_auc": roc_auc(y_true, y_prob)}
+
+
+def per_group_accuracy(y_true, y_prob, groups, threshold=0.5) -> dict:
+    """Accuracy and count for each value of ``groups`` (e.g. CelebA's ``male``)."""
+    y_true, y_prob, groups = np.asarray(y_true), np.asarray(y_prob), np.asarray(groups)
+    return {g.item() if hasattr(g, "item") else g: {"n": int((groups == g).sum()),
+            "accuracy": accuracy(y_true[groups == g], y_prob[groups == g], threshold)} for g in np.unique(groups)}
+
+
+def reliability(y_true, y_prob, bins=10) -> dict:
+    """Reliability diagram data and expected calibration error.
+
+    Confidence is the probability of the predicted class; for each confidence bin,
+    the fraction of predictions that were right.
+    """
+    y_true, y_prob = np.asarray(y_true).astype(bool), np.asarray(y_prob, dtype=float)
+    confidence = np.maximum(y_prob, 1 - y_prob)
+    correct = (y_prob >= 0.5) == y_true
+    edges = np.linspace(0.5, 1.0, bins + 1)
+    index = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    conf = np.bincount(index, confidence, minlength=bins) / np.maximum(counts, 1)
+    acc = np.bincount(index, correct, minlength=bins) / np.maximum(counts, 1)
+    ece = float(np.sum(counts * np.abs(conf - acc)) / max(1, len(y_true)))
+    return {"edges": edges, "count": counts, "confidence": conf, "accuracy": acc, "ece": ece}
+
+
+def fit_temperature(logits, y_true) -> float:
+    """The temperature T minimising the log loss of sigmoid(logits / T) (grid search, 0.25-4)."""
+    logits, y = np.asarray(logits, dtype=float), np.asarray(y_true, dtype=float)
+    best, best_loss = 1.0, np.inf
+    for t in np.exp(np.linspace(np.log(0.25), np.log(4.0), 201)):
+        z = logits / t
+        loss = np.mean(np.logaddexp(0, z) - y * z)
+        if loss < best_loss:
+            best, best_loss = float(t), loss
+    return best

@@ -1,0 +1,88 @@
+"""Photo in, faces out: detect every face, cut its crop, and say whether it smiles."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import faces
+from .images import load_image
+from .model import INPUT_SIZE, crops_to_tensor, default_model_path, load_checkpoint, logits_of, probabilities
+
+
+@dataclass
+class FacePrediction:
+    """One face: its box in the (upright, possibly reduced) photo, and the model's answer."""
+
+    index: int
+    box: faces.Box
+    probability: float  # calibrated probability of smiling
+    crop: Image.Image = field(repr=False)  # the 64x64 greyscale crop the model saw
+    detected: bool = True  # False when the whole photo was classified as one face
+
+    @property
+    def smiling(self) -> bool:
+        return self.probability >= 0.5
+
+    @property
+    def label(self) -> str:
+        return "Smiling" if self.smiling else "Not smiling"
+
+    @property
+    def confidence(self) -> float:
+        """Probability of the label given."""
+        return self.probability if self.smiling else 1.0 - self.probability
+
+    def to_dict(self) -> dict:
+        return {"box": list(self.box.as_tuple()), "smiling": self.smiling, "probability": round(self.probability, 4)}
+
+
+@dataclass
+class PhotoPrediction:
+    image: Image.Image = field(repr=False)  # upright RGB photo the boxes refer to
+    faces: list[FacePrediction]
+    model_version: str
+
+
+class Predictor:
+    """Loads a checkpoint once and classifies photos or crops (scikit-learn style ``predict_proba``)."""
+
+    def __init__(self, model_path=None):
+        self.model_path = Path(model_path) if model_path else default_model_path()
+        self.model, self.meta = load_checkpoint(self.model_path)
+        self.temperature = float(self.meta.get("temperature", 1.0))
+        self.version = self.meta["version"]
+
+    def predict_proba(self, crops) -> np.ndarray:
+        """Probability of smiling for 64x64 greyscale crops (PIL images or uint8 arrays)."""
+        return probabilities(logits_of(self.model, crops_to_tensor(crops)), self.temperature)
+
+    def predict(self, source, whole_image: bool = False) -> PhotoPrediction:
+        """Every face in a photo (bytes, path or PIL image).
+
+        With ``whole_image`` the photo is treated as one face (for when no face is
+        found, or for ready-made face crops). Raises :class:`smilekit.images.ImageError`
+        for files that are not usable images.
+        """
+        image = load_image(source)
+        gray = image.convert("L")
+        if whole_image:
+            boxes, detected = [faces.face_in_crop(gray)], False
+        else:
+            boxes, detected = faces.detect_faces(gray), True
+        crops = [faces.cut_face(gray, box, INPUT_SIZE) for box in boxes]
+        probs = self.predict_proba(crops) if crops else []
+        found = [FacePrediction(i, b, float(p), c, detected) for i, (b, p, c) in enumerate(zip(boxes, probs, crops))]
+        return PhotoPrediction(image, found, self.version)
+
+    def saliency(self, crop: Image.Image) -> np.ndarray:
+        """Where the model looked: |d logit / d pixel|, smoothed, scaled to [0, 1] (64 x 64)."""
+        x = crops_to_tensor([crop]).requires_grad_(True)
+        self.model.eval()
+        self.model(x).sum().backward()
+        grad = x.grad.abs()[0, 0]
+        grad = torch.nn.functional.avg_pool2d(grad[None, None], 5, stride=1, padding=2)[0, 0]
+        return (grad / grad.max().clamp_min(1e-12)).numpy()

@@ -1,0 +1,236 @@
+"""Train a smile classifier on face crops: config, data, model, optimiser, loop, checkpoint.
+
+Read top to bottom. Runs on CPU; every epoch ends with a validation pass, the
+best epoch (by mean balanced accuracy over the validation sets) is kept, and a
+``*.last.pt`` file lets an interrupted run resume.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import data as data_mod
+from . import metrics
+from .model import INPUT_SIZE, build_model, load_checkpoint, logits_of, probabilities, save_checkpoint
+
+
+@dataclass
+class TrainConfig:
+    data_root: str | None = None  # folder holding smilesmiled/, celeba-subset/ ... (default $SMILEKIT_DATA)
+    datasets: tuple = ("smilesmiled", "celeba-subset")
+    arch: str = "smilenet"
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    seed: int = 0
+    out: str = "outputs/model.pt"
+    limit: int | None = None  # at most this many images per dataset and split (quick runs)
+    patience: int = 8  # stop after this many epochs without a better validation score
+    resume: bool = False
+    extra_train: list = field(default_factory=list)  # (uint8 context crops, labels) pairs, e.g. from feedback
+    init_from: str | None = None  # start from this checkpoint's weights (fine-tuning)
+    threads: int = 2
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def center(crops: torch.Tensor) -> torch.Tensor:
+    """The model crop from context crops (N x S x S uint8): N x 1 x 64 x 64 in [0, 1]."""
+    x = crops.float().div(255).unsqueeze(1)
+    if x.shape[-1] != INPUT_SIZE:
+        off = (x.shape[-1] - INPUT_SIZE) // 2
+        x = x[..., off : off + INPUT_SIZE, off : off + INPUT_SIZE]
+    return x.contiguous()
+
+
+def augment(crops: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random geometry and photometry on context crops -> N x 1 x 64 x 64 training inputs.
+
+    Scale 0.9-1.1, rotation +-12 deg, shift +-6 %, mirror; brightness, contrast,
+    gamma, blur (low resolution) and noise, so the model does not depend on one
+    camera, lighting or dataset.
+    """
+    n = crops.shape[0]
+    x = crops.float().div(255).unsqueeze(1)
+    rand = lambda *shape: torch.rand(*shape, generator=generator)
+    context = x.shape[-1] / INPUT_SIZE
+    scale = (0.9 + 0.2 * rand(n)) / context
+    angle = (rand(n) - 0.5) * 2 * math.radians(12)
+    flip = torch.where(rand(n) < 0.5, -1.0, 1.0)
+    shift = (rand(n, 2) - 0.5) * 2 * 0.06 * 2 / context
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, (n, 1, INPUT_SIZE, INPUT_SIZE), align_corners=False)
+    x = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    # photometry
+    x = x.clamp(1e-4, 1).pow(torch.exp((rand(n, 1, 1, 1) - 0.5) * 0.8))
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    x = (x - mean) * (0.6 + 0.8 * rand(n, 1, 1, 1)) + mean + (rand(n, 1, 1, 1) - 0.5) * 0.3
+    low_res = rand(n) < 0.25
+    if low_res.any():
+        side = int(16 + 24 * rand(1).item())
+        small = F.interpolate(x[low_res], size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+        x[low_res] = F.interpolate(small, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
+    x = x + torch.randn(x.shape, generator=generator) * 0.03 * rand(n, 1, 1, 1)
+    return x.clamp(0, 1)
+
+
+def balanced_weights(labels: np.ndarray, sources: np.ndarray) -> np.ndarray:
+    """Sampling weights giving each class half of every source's draws (each source keeps its share)."""
+    weights = np.zeros(len(labels))
+    for source in np.unique(sources):
+        in_source = sources == source
+        for label in (0, 1):
+            mask = in_source & (labels == label)
+            if mask.any():
+                weights[mask] = in_source.sum() / 2 / mask.sum()
+    return weights / weights.sum()
+
+
+def load_split_crops(config: TrainConfig, split: str, progress=True) -> dict:
+    """{dataset: (context crops, labels, samples)} for one split."""
+    out = {}
+    for name in config.datasets:
+        samples = data_mod.select(data_mod.load_dataset(name, config.data_root), split, config.limit)
+        crops, _ = data_mod.face_crops(samples, progress=progress)
+        out[name] = (crops, np.array([s.smiling for s in samples]), samples)
+    return out
+
+
+def evaluate_sets(model, sets: dict, temperature: float = 1.0) -> tuple[dict, dict]:
+    """Per-dataset summary figures and raw logits on centre crops."""
+    results, logits = {}, {}
+    for name, (crops, labels, _) in sets.items():
+        logits[name] = logits_of(model, center(torch.from_numpy(crops)))
+        results[name] = metrics.summary(labels, probabilities(logits[name], temperature))
+    return results, logits
+
+
+def train(config: TrainConfig, progress: bool = True) -> dict:
+    """Train, keep the best epoch, calibrate on validation, test, write the checkpoint; returns a report."""
+    seed_everything(config.seed)
+    torch.set_num_threads(config.threads)
+    out = Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    last_path = out.with_suffix(".last.pt")
+
+    # data
+    train_sets = load_split_crops(config, "train", progress)
+    val_sets = load_split_crops(config, "val", progress)
+    crops = [c for c, _, _ in train_sets.values()] + [c for c, _ in config.extra_train]
+    labels = np.concatenate([l for _, l, _ in train_sets.values()] + [np.asarray(l) for _, l in config.extra_train])
+    sources = np.concatenate([[n] * len(l) for n, (_, l, _) in train_sets.items()] + [["feedback"] * len(l) for _, l in config.extra_train])
+    size = max(c.shape[-1] for c in crops)
+    crops = np.concatenate([c if c.shape[-1] == size else _resize(c, size) for c in crops])
+    crops_t, labels_t = torch.from_numpy(crops), torch.from_numpy(labels).float()
+    weights = torch.from_numpy(balanced_weights(labels, sources))
+
+    # model and optimiser
+    model = build_model(config.arch)
+    if config.init_from:
+        base, _ = load_checkpoint(config.init_from)
+        model.load_state_dict(base.state_dict())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = max(1, len(labels) // config.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.15)
+    state = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "history": []}
+    if config.resume and last_path.is_file():
+        saved = torch.load(last_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = saved["state"]
+    generator = torch.Generator().manual_seed(config.seed + state["epoch"])
+
+    # loop
+    best_state = None
+    for epoch in range(state["epoch"], config.epochs):
+        model.train()
+        started = time.time()
+        order = torch.multinomial(weights, steps_per_epoch * config.batch_size, replacement=True, generator=generator)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, mininterval=5)
+        total_loss = total_right = 0.0
+        for step in bar:
+            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+            x, y = augment(crops_t[idx], generator), labels_t[idx]
+            logits = model(x)
+            loss = F.binary_cross_entropy_with_logits(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.item() * len(y)
+            total_right += ((logits > 0).float() == y).sum().item()
+            bar.set_postfix(loss=f"{total_loss / ((step + 1) * config.batch_size):.3f}")
+        seen = steps_per_epoch * config.batch_size
+        val, _ = evaluate_sets(model, val_sets)
+        score = float(np.mean([v["balanced_accuracy"] for v in val.values()]))
+        state["history"].append({"epoch": epoch + 1, "train_loss": total_loss / seen, "train_accuracy": total_right / seen,
+                                 "val": val, "val_score": score, "seconds": time.time() - started})
+        if progress:
+            print(f"epoch {epoch + 1}: loss {total_loss / seen:.4f}, val balanced accuracy {score:.4f} "
+                  + " ".join(f"{k}={v['accuracy']:.4f}" for k, v in val.items()), flush=True)
+        state["epoch"] = epoch + 1
+        if score > state["best_score"]:
+            state["best_score"], state["best_epoch"] = score, epoch + 1
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+            torch.save({"model": best_state}, out.with_suffix(".best.pt"))
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "state": state}, last_path)
+        if epoch + 1 - state["best_epoch"] >= config.patience:
+            if progress:
+                print(f"early stop: no better validation score since epoch {state['best_epoch']}")
+            break
+
+    # best weights, calibration on validation, test figures, checkpoint
+    if best_state is None:
+        best_state = torch.load(out.with_suffix(".best.pt"), map_location="cpu", weights_only=True)["model"]
+    model.load_state_dict(best_state)
+    _, val_logits = evaluate_sets(model, val_sets)
+    temperature = metrics.fit_temperature(np.concatenate(list(val_logits.values())),
+                                          np.concatenate([l for _, l, _ in val_sets.values()]))
+    val, _ = evaluate_sets(model, val_sets, temperature)
+    test, _ = evaluate_sets(model, load_split_crops(config, "test", progress), temperature)
+    report = {
+        "config": {k: v for k, v in asdict(config).items() if k != "extra_train"},
+        "extra_train_images": int(sum(len(l) for _, l in config.extra_train)),
+        "best_epoch": state["best_epoch"], "temperature": temperature,
+        "val": val, "test": test, "history": state["history"],
+    }
+    data_desc = {name: {"train": int(len(train_sets[name][1])), "val": int(len(val_sets[name][1])),
+                        "split": "split.csv of the dataset (train used for fitting, val for early stopping and temperature)"}
+                 for name in config.datasets}
+    checkpoint = save_checkpoint(out, model, config.arch, temperature=temperature, data=data_desc,
+                                 metrics={"val": val, "test": test}, trained_at=time.strftime("%Y-%m-%d %H:%M:%S"))
+    report["version"] = checkpoint["version"]
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=_json_default))
+    for tmp in (last_path, out.with_suffix(".best.pt")):
+        tmp.unlink(missing_ok=True)
+    return report
+
+
+def _resize(crops: np.ndarray, size: int) -> np.ndarray:
+    t = torch.from_numpy(crops).float().unsqueeze(1)
+    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False).round().clamp(0, 255).byte().squeeze(1).numpy()
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value)}")
