@@ -31,7 +31,7 @@ from sqlalchemy import (
     func,
     select,
 )
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 log = logging.getLogger(__name__)
@@ -117,8 +117,8 @@ class FeedbackStore:
     def _create_schema(self) -> None:
         try:
             Base.metadata.create_all(self.engine)
-        except (IntegrityError, OperationalError):
-            # another process created it at the same moment (PostgreSQL catalogue race)
+        except DBAPIError:
+            # another store created it at the same moment ("already exists"); now it is there
             Base.metadata.create_all(self.engine)
 
     # -- writing ---------------------------------------------------------------

@@ -1,0 +1,231 @@
+"""The feedback store on SQLite and on a real PostgreSQL server."""
+from __future__ import annotations
+
+import glob
+import io
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from smilekit.feedback import FeedbackStore, photo_hash
+
+PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _as_postgres_user(cmd: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: drop to the postgres user when we are root."""
+    if os.geteuid() != 0:
+        return cmd
+    return ["runuser", "-u", "postgres", "--", *cmd]
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL server from Debian's postgresql package; yields a URL prefix."""
+    if not PG_BIN or not Path(PG_BIN[-1], "initdb").exists():
+        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
+    pytest.importorskip("psycopg2")
+    bindir = Path(PG_BIN[-1])
+    home = Path(tempfile.mkdtemp(prefix="smilekit-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(home, "postgres", "postgres")
+    data, log = home / "data", home / "server.log"
+    port = _free_port()
+    subprocess.run(_as_postgres_user([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "smilekit", "--no-sync"]),
+                   check=True, capture_output=True)
+    subprocess.run(_as_postgres_user([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60",
+                                      "-o", f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off", "start"]),
+                   check=True, capture_output=True)
+    try:
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=port, user="smilekit", dbname="postgres")
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("CREATE DATABASE feedback_test")
+        conn.close()
+        yield f"postgresql+psycopg2://smilekit@127.0.0.1:{port}/feedback_test"
+    finally:
+        subprocess.run(_as_postgres_user([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]), capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A fresh, empty feedback database of each kind."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'sub' / 'feedback.db'}"
+        return
+    url = request.getfixturevalue("postgres_server")
+    store = FeedbackStore(url)
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("TRUNCATE feedback RESTART IDENTITY")
+    store.close()
+    yield url
+
+
+@pytest.fixture
+def store(db_url):
+    s = FeedbackStore(db_url)
+    yield s
+    s.close()
+
+
+def _crop_png(value: int = 128) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (64, 64), value).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _record(store, *, session="s1", photo="p" * 64, face=0, probability=0.9, version="v1", correct=True, crop=None):
+    return store.record(session_id=session, photo_sha256=photo, face_index=face, box=(10, 20, 30, 40),
+                        probability=probability, model_version=version, correct=correct, crop_png=crop)
+
+
+def test_photo_hash_is_sha256():
+    assert photo_hash(b"abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_default_url_from_environment(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'env' / 'fb.db'}"
+    monkeypatch.setenv("SMILEKIT_DB_URL", url)
+    store = FeedbackStore()
+    assert store.url == url
+    assert (tmp_path / "env" / "fb.db").exists()
+    store.close()
+
+
+def test_sqlite_uses_wal(tmp_path):
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'fb.db'}")
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() > 0
+    store.close()
+
+
+def test_record_and_read_back(store):
+    row_id = _record(store, probability=0.8, correct=True)
+    (row,) = store.rows()
+    assert row["id"] == row_id
+    assert row["box"] == (10, 20, 30, 40)
+    assert row["predicted_smiling"] is True and row["true_smiling"] is True
+    assert row["verdict"] == "correct"
+    assert row["probability"] == pytest.approx(0.8)
+    assert row["model_version"] == "v1"
+    assert row["created_at"].tzinfo is not None
+
+
+def test_incorrect_records_the_opposite_label(store):
+    _record(store, face=0, probability=0.2, correct=False)  # predicted not smiling, truly smiling
+    _record(store, face=1, probability=0.7, correct=False)  # predicted smiling, truly not
+    rows = store.rows()
+    assert [(r["predicted_smiling"], r["true_smiling"], r["verdict"]) for r in rows] == [
+        (False, True, "incorrect"), (True, False, "incorrect")]
+
+
+def test_clicking_again_updates_the_same_row(store):
+    first = _record(store, correct=True)
+    second = _record(store, correct=False)
+    assert first == second
+    (row,) = store.rows()
+    assert row["verdict"] == "incorrect" and row["true_smiling"] is False
+    assert row["updated_at"] >= row["created_at"]
+    # another face, session or model version is a new row
+    _record(store, face=1)
+    _record(store, session="s2")
+    _record(store, version="v2")
+    assert len(store.rows()) == 4
+
+
+def test_no_pixels_without_consent(store):
+    _record(store, face=0, crop=None)
+    _record(store, face=1, crop=_crop_png(200), probability=0.1, correct=True)
+    rows = store.rows()
+    assert rows[0]["crop_png"] is None
+    assert rows[1]["crop_png"] is not None
+    crops = store.consented_crops()
+    assert len(crops) == 1
+    image, label = crops[0]
+    assert image.size == (64, 64) and image.mode == "L" and label == 0
+    assert image.getpixel((5, 5)) == 200
+
+
+def test_withdrawing_consent_removes_the_crop(store):
+    _record(store, crop=_crop_png())
+    _record(store, crop=None)
+    assert store.rows()[0]["crop_png"] is None
+    assert store.consented_crops() == []
+
+
+def test_stats_empty(store):
+    stats = store.stats()
+    assert stats["count"] == 0 and stats["agreement"] is None and stats["agreement_last"] is None
+    assert stats["per_version"] == {} and stats["confusion"] == [[0, 0], [0, 0]]
+
+
+def test_stats(store):
+    # v1: 3 faces, 2 right; v2: 1 face, wrong
+    _record(store, face=0, probability=0.9, correct=True)    # tp
+    _record(store, face=1, probability=0.1, correct=True)    # tn
+    _record(store, face=2, probability=0.9, correct=False)   # fp
+    _record(store, face=3, probability=0.3, correct=False, version="v2")  # fn
+    stats = store.stats(last=2)
+    assert stats["count"] == 4
+    assert stats["agreement"] == pytest.approx(0.5)
+    assert stats["agreement_last"] == pytest.approx(0.0)  # the two most recent were both wrong
+    assert stats["per_version"] == {"v1": {"count": 3, "agreement": pytest.approx(2 / 3)}, "v2": {"count": 1, "agreement": 0.0}}
+    assert stats["confusion"] == [[1, 1], [1, 1]]
+    _record(store, face=2, probability=0.9, correct=True)    # changed mind: now tp
+    stats = store.stats()
+    assert stats["count"] == 4 and stats["confusion"] == [[1, 0], [1, 2]]
+
+
+def test_concurrent_sessions_lose_nothing(db_url):
+    """Eight sessions (each with its own store, as separate kernels have) write at once."""
+    sessions, faces_each = 8, 15
+    barrier = threading.Barrier(sessions)
+    errors: list[BaseException] = []
+
+    def session(n: int) -> None:
+        try:
+            store = FeedbackStore(db_url)
+            barrier.wait()
+            for face in range(faces_each):
+                _record(store, session=f"s{n}", face=face, probability=0.9, correct=True, crop=_crop_png(n))
+                _record(store, session=f"s{n}", face=face, probability=0.9, correct=(face % 2 == 0))  # change of mind
+                _record(store, session="shared", face=face, probability=0.9, correct=(n % 2 == 0))  # same key from everyone
+            store.close()
+        except BaseException as err:  # noqa: BLE001 - reported by the main thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=session, args=(n,)) for n in range(sessions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    store = FeedbackStore(db_url)
+    rows = store.rows()
+    store.close()
+    own = [r for r in rows if r["session_id"] != "shared"]
+    shared = [r for r in rows if r["session_id"] == "shared"]
+    assert len(own) == sessions * faces_each
+    assert len(shared) == faces_each
+    assert len({r["id"] for r in rows}) == len(rows)
+    for r in own:
+        assert r["verdict"] == ("correct" if r["face_index"] % 2 == 0 else "incorrect")
+        assert r["crop_png"] is None
+    assert all(r["verdict"] in ("correct", "incorrect") for r in shared)
