@@ -1,0 +1,142 @@
+"""Evaluate a checkpoint on the test splits, through the same crop pipeline as training.
+
+``load_sets`` cuts the faces once; ``evaluate`` runs a checkpoint on them and
+keeps logits, probabilities, labels and groups, from which the summaries, the
+baseline comparison table and the worst mistakes are read.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import data as data_mod
+from . import metrics
+from .model import load_checkpoint, logits_of, probabilities
+from .train import _json_default, center
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TEST_DATASETS = ("smilesmiled", "celeba-subset")
+
+
+def project_path(path) -> Path:
+    """``path`` as given if absolute, else relative to the project root (same from papermill and JupyterLab)."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def models_dir(path=None) -> Path:
+    """Where promoted models live: ``path``, else ``$SMILEKIT_MODELS_DIR``, else ``outputs/models`` (as the app reads)."""
+    return project_path(path or os.environ.get("SMILEKIT_MODELS_DIR") or "outputs/models")
+
+
+@dataclass
+class FaceSet:
+    """Labelled context crops of one dataset split."""
+
+    name: str
+    crops: np.ndarray  # N x 80 x 80 uint8 context crops (data.face_crops)
+    labels: np.ndarray
+    groups: np.ndarray | None  # CelebA's ``male`` (1/0), None where the dataset has no groups
+    samples: list
+
+
+def load_sets(data_root=None, datasets=TEST_DATASETS, split="test", limit=None, progress=False) -> dict[str, FaceSet]:
+    """{dataset: FaceSet} for one split of each dataset (``limit`` images at most, spread evenly)."""
+    sets = {}
+    for name in datasets:
+        samples = data_mod.select(data_mod.load_dataset(name, data_root), split, limit)
+        crops, _ = data_mod.face_crops(samples, progress=progress)
+        groups = np.array([s.male for s in samples]) if samples and samples[0].male is not None else None
+        sets[name] = FaceSet(name, crops, np.array([s.smiling for s in samples]), groups, samples)
+    return sets
+
+
+@dataclass
+class Evaluation:
+    """One checkpoint on one face set."""
+
+    name: str
+    labels: np.ndarray
+    logits: np.ndarray
+    temperature: float
+    groups: np.ndarray | None = None
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """Calibrated probabilities (the checkpoint's temperature)."""
+        return probabilities(self.logits, self.temperature)
+
+    @property
+    def raw_probabilities(self) -> np.ndarray:
+        """Probabilities before temperature scaling."""
+        return probabilities(self.logits, 1.0)
+
+    def summary(self) -> dict:
+        return metrics.summary(self.labels, self.probabilities)
+
+
+def evaluate(checkpoint, sets: dict[str, FaceSet]) -> dict[str, Evaluation]:
+    """Run ``checkpoint`` (path) on every face set: {dataset: Evaluation}."""
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    model, meta = load_checkpoint(checkpoint)
+    temperature = float(meta.get("temperature", 1.0))
+    return {name: Evaluation(name, s.labels, logits_of(model, center(torch.from_numpy(s.crops))), temperature, s.groups)
+            for name, s in sets.items()}
+
+
+def summaries(evaluations: dict[str, Evaluation]) -> dict[str, dict]:
+    """{dataset: {n, accuracy, balanced_accuracy, roc_auc}}."""
+    return {name: e.summary() for name, e in evaluations.items()}
+
+
+COLUMNS = ("accuracy", "balanced_accuracy", "roc_auc")
+
+
+def comparison_rows(results: dict[str, dict[str, dict]]) -> list[dict]:
+    """One row per test set, one column per (model, figure): ``results`` is {model label: summaries}."""
+    datasets = list(dict.fromkeys(d for per_model in results.values() for d in per_model))
+    rows = []
+    for dataset in datasets:
+        row = {"test set": dataset, "n": next(r[dataset]["n"] for r in results.values() if dataset in r)}
+        for label, per_model in results.items():
+            for column in COLUMNS:
+                row[f"{label} {column}"] = per_model.get(dataset, {}).get(column, float("nan"))
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict], digits: int = 4) -> str:
+    """A Markdown table of ``rows`` (floats rounded)."""
+    if not rows:
+        return "(no rows)"
+    columns = list(rows[0])
+    cell = lambda v: f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def worst_mistakes(evaluation: Evaluation, k: int = 16) -> np.ndarray:
+    """Indices of the ``k`` wrong answers given with the highest confidence, worst first."""
+    prob = evaluation.probabilities
+    wrong = np.flatnonzero((prob >= 0.5) != evaluation.labels.astype(bool))
+    confidence = np.abs(prob[wrong] - 0.5)
+    return wrong[np.argsort(-confidence, kind="stable")][:k]
+
+
+def model_crops(crops: np.ndarray) -> np.ndarray:
+    """The 64x64 model crops (uint8) inside context crops."""
+    return (center(torch.from_numpy(crops))[:, 0].numpy() * 255).round().astype(np.uint8)
+
+
+def write_json(path, payload: dict) -> Path:
+    """Write ``payload`` as indented JSON (numpy values converted); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=_json_default))
+    return path

@@ -1,0 +1,98 @@
+"""Learn from feedback: fine-tune the current model on consented crops, keep it only if nothing got worse.
+
+Feedback crops are the 64x64 model crops the app showed. Training works on
+80x80 context crops (``data.face_crops``) whose centre 64x64 is the model crop,
+so a feedback crop is *padded* by repeating its edge pixels (8 on each side),
+not resized: resizing 64 -> 80 would zoom the face in by 1.25 relative to every
+other training face, whereas padding keeps the exact framing the model saw, and
+edge repetition is what ``faces.cut_face`` does for faces at a photo's border.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .data import CONTEXT_SIZE
+from .model import INPUT_SIZE, load_checkpoint
+from .train import TrainConfig, train
+
+#: a new model is refused if any test split's accuracy drops by more than this (0.5 point)
+MAX_DROP = 0.005
+
+
+def feedback_arrays(pairs, repeat: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(crop, true label) pairs -> (N x 80 x 80 uint8 context crops, labels), each pair ``repeat`` times."""
+    pad = (CONTEXT_SIZE - INPUT_SIZE) // 2
+    crops, labels = [], []
+    for crop, label in pairs:
+        image = crop if isinstance(crop, Image.Image) else Image.fromarray(np.asarray(crop, dtype=np.uint8))
+        image = image.convert("L")
+        if image.size != (INPUT_SIZE, INPUT_SIZE):
+            image = image.resize((INPUT_SIZE, INPUT_SIZE), Image.BILINEAR)
+        crops.append(np.pad(np.asarray(image), pad, mode="edge"))
+        labels.append(int(label))
+    if not crops:
+        return np.zeros((0, CONTEXT_SIZE, CONTEXT_SIZE), np.uint8), np.zeros(0, int)
+    return np.repeat(np.stack(crops), repeat, axis=0), np.repeat(np.array(labels), repeat)
+
+
+def fine_tune(base, pairs, out, data_root=None, datasets=("smilesmiled", "celeba-subset"), epochs: int = 3,
+              limit=None, lr: float = 5e-4, repeat: int = 4, seed: int = 0, progress: bool = True) -> dict:
+    """Fine-tune checkpoint ``base`` on feedback ``pairs`` mixed with the original training data.
+
+    The feedback crops (each seen ``repeat`` times) join the datasets' train
+    splits, so the model learns from them without forgetting; a small learning
+    rate keeps it close to ``base``. Writes ``out`` (and its ``.json``); returns train's report.
+    """
+    _, meta = load_checkpoint(base)
+    extra = feedback_arrays(pairs, repeat)
+    config = TrainConfig(data_root=None if data_root is None else str(data_root), datasets=tuple(datasets),
+                         arch=meta["arch"], epochs=epochs, lr=lr, seed=seed, out=str(out), limit=limit,
+                         patience=epochs, extra_train=[extra] if len(extra[1]) else [], init_from=str(base))
+    return train(config, progress=progress)
+
+
+def changes(before: dict[str, dict], after: dict[str, dict], metric: str = "accuracy") -> dict[str, float]:
+    """{test set: after - before} for ``metric`` (summaries as from ``evaluate.summaries``)."""
+    return {name: float(after[name][metric] - before[name][metric]) for name in before if name in after}
+
+
+def should_promote(before: dict[str, dict], after: dict[str, dict], max_drop: float = MAX_DROP,
+                   metric: str = "accuracy") -> tuple[bool, str]:
+    """Promote only if no test split got worse by more than ``max_drop``; returns (decision, reason)."""
+    deltas = changes(before, after, metric)
+    if not deltas or set(deltas) != set(before):
+        return False, "not every test set was evaluated on both models"
+    worse = {name: d for name, d in deltas.items() if d < -max_drop}
+    if worse:
+        listed = ", ".join(f"{n} {d * 100:+.2f} points" for n, d in worse.items())
+        return False, f"refused: {metric} dropped by more than {max_drop * 100:.1f} points on {listed}"
+    listed = ", ".join(f"{n} {d * 100:+.2f}" for n, d in deltas.items())
+    return True, f"promoted: no test set dropped by more than {max_drop * 100:.1f} points ({metric} change in points: {listed})"
+
+
+def promote(checkpoint, models_dir) -> Path:
+    """Copy ``checkpoint`` into ``models_dir`` as ``<UTC time>-<version>.pt`` (newest file = current model)."""
+    _, meta = load_checkpoint(checkpoint)
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    target = models_dir / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{meta['version']}.pt"
+    tmp = target.with_suffix(".pt.tmp")
+    shutil.copyfile(checkpoint, tmp)  # a fresh mtime: the app picks the newest file
+    tmp.replace(target)
+    return target
+
+
+def agreement_over_time(rows: list[dict], window: int = 20) -> list[dict]:
+    """Rolling agreement between prediction and the user's answer, oldest first: [{n, created_at, agreement}]."""
+    rows = sorted((r for r in rows if r.get("true_smiling") is not None), key=lambda r: (str(r["created_at"]), r["id"]))
+    agree = np.array([bool(r["predicted_smiling"]) == bool(r["true_smiling"]) for r in rows], dtype=float)
+    points = []
+    for i, row in enumerate(rows):
+        recent = agree[max(0, i + 1 - window) : i + 1]
+        points.append({"n": i + 1, "created_at": row["created_at"], "agreement": float(recent.mean())})
+    return points
