@@ -1,0 +1,139 @@
+"""Command line: ``smilekit predict``, ``smilekit evaluate``, ``smilekit train``."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .images import ImageError
+
+
+def _predictor(model):
+    from .predict import Predictor
+
+    return Predictor(model)
+
+
+def cmd_predict(args) -> int:
+    """One JSON object (or a readable line) per photo; errors are reported per photo, never as a traceback."""
+    predictor = _predictor(args.model)
+    failures = 0
+    for path in args.paths:
+        try:
+            result = predictor.predict(path, whole_image=args.whole)
+            record = {"path": path, "model_version": result.model_version, "faces": [f.to_dict() for f in result.faces]}
+        except (ImageError, OSError) as err:
+            failures += 1
+            record = {"path": path, "error": str(err) if isinstance(err, ImageError) else f"cannot read file: {err.strerror or err}"}
+        if args.json:
+            print(json.dumps(record), flush=True)
+        elif "error" in record:
+            print(f"{path}: error: {record['error']}", flush=True)
+        else:
+            faces = ", ".join(f"{'smiling' if f['smiling'] else 'not smiling'} ({f['probability']:.2f}) at {tuple(f['box'])}"
+                              for f in record["faces"]) or "no face found"
+            print(f"{path}: {faces}", flush=True)
+    return 1 if failures else 0
+
+
+def evaluate_folder(predictor, folder, crops: bool = False, progress: bool = True) -> dict:
+    """Figures for a ``smiling/`` + ``not_smiling/`` folder; photos without a detected face count as wrong."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from . import metrics
+    from .data import load_folder
+
+    samples = load_folder(folder, is_crop=crops)
+    labels, probs, no_face, unreadable = [], [], 0, 0
+    for sample in tqdm(samples, desc="evaluating", disable=not progress, mininterval=2, file=sys.stderr):
+        try:
+            found = predictor.predict(sample.path, whole_image=crops).faces
+        except ImageError:
+            unreadable += 1
+            continue
+        if found:
+            probs.append(max(found, key=lambda f: f.box.w).probability)
+        else:
+            no_face += 1
+            probs.append(1.0 - sample.smiling)  # the wrong answer, with full confidence
+        labels.append(sample.smiling)
+    result = metrics.summary(np.array(labels), np.array(probs))
+    result.update(no_face=no_face, unreadable=unreadable, model_version=predictor.version)
+    return result
+
+
+def cmd_evaluate(args) -> int:
+    try:
+        result = evaluate_folder(_predictor(args.model), args.folder, crops=args.crops, progress=not args.json)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({k: result[k] for k in ("n", "accuracy", "balanced_accuracy", "roc_auc", "no_face")}))
+    else:
+        for key, value in result.items():
+            print(f"{key:>18}: {value:.4f}" if isinstance(value, float) else f"{key:>18}: {value}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train import TrainConfig, train
+
+    config = TrainConfig(data_root=args.data_root, datasets=tuple(args.datasets), arch=args.arch, epochs=args.epochs,
+                         batch_size=args.batch_size, lr=args.lr, seed=args.seed, out=args.out, limit=args.limit,
+                         resume=args.resume)
+    try:
+        report = train(config)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({"version": report["version"], "test": report["test"]}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smilekit", description="Is each person in a photo smiling?")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="find faces in photos and say whether each smiles")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="one JSON object per photo")
+    p.add_argument("--whole", action="store_true", help="treat each image as one face crop")
+    p.add_argument("--model", help="checkpoint file (default: promoted or shipped model)")
+    p.set_defaults(run=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="accuracy on a folder with smiling/ and not_smiling/")
+    p.add_argument("folder", metavar="DIR")
+    p.add_argument("--crops", action="store_true", help="images are already face crops (no detection)")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.add_argument("--model", help="checkpoint file (default: promoted or shipped model)")
+    p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser("train", help="train a model on face data")
+    p.add_argument("--data-root", help="folder with smilesmiled/ and celeba-subset/ (default $SMILEKIT_DATA)")
+    p.add_argument("--datasets", nargs="+", default=["smilesmiled", "celeba-subset"])
+    p.add_argument("--arch", default="smilenet", choices=["smilenet", "seedcnn"])
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, help="at most this many images per dataset and split")
+    p.add_argument("--out", default="outputs/model.pt")
+    p.add_argument("--resume", action="store_true", help="continue from OUT's .last.pt")
+    p.set_defaults(run=cmd_train)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        return args.run(args)
+    except FileNotFoundError as err:  # e.g. a missing model file
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,45 @@
+"""Metrics against hand-computed values."""
+import numpy as np
+import pytest
+
+from smilekit import metrics
+
+
+def test_accuracy_balanced_accuracy_confusion():
+    y = [1, 1, 1, 0]
+    p = [0.9, 0.8, 0.2, 0.1]
+    assert metrics.accuracy(y, p) == 0.75
+    assert metrics.balanced_accuracy(y, p) == pytest.approx((2 / 3 + 1) / 2)
+    assert metrics.confusion_matrix(y, p).tolist() == [[1, 0], [1, 2]]
+
+
+def test_roc_auc_with_ties_and_one_class():
+    assert metrics.roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
+    assert metrics.roc_auc([0, 1], [0.5, 0.5]) == 0.5
+    assert np.isnan(metrics.roc_auc([1, 1], [0.2, 0.9]))
+
+
+def test_roc_curve_ends_at_corners():
+    fpr, tpr = metrics.roc_curve([0, 1, 1, 0], [0.2, 0.9, 0.6, 0.7])
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
+
+
+def test_per_group_accuracy():
+    result = metrics.per_group_accuracy([1, 0, 1, 0], [0.9, 0.9, 0.9, 0.1], [1, 1, 0, 0])
+    assert result[1] == {"n": 2, "accuracy": 0.5} and result[0] == {"n": 2, "accuracy": 1.0}
+
+
+def test_reliability_of_a_calibrated_and_an_overconfident_model():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 1, 20000)
+    y = rng.uniform(0, 1, 20000) < p
+    assert metrics.reliability(y, p)["ece"] < 0.02
+    overconfident = np.where(p > 0.5, 0.99, 0.01)
+    assert metrics.reliability(y, overconfident)["ece"] > 0.2
+
+
+def test_fit_temperature_recovers_a_known_scale():
+    rng = np.random.default_rng(1)
+    true_logits = rng.normal(0, 2, 20000)
+    y = rng.uniform(0, 1, 20000) < 1 / (1 + np.exp(-true_logits))
+    assert metrics.fit_temperature(true_logits * 3, y) == pytest.approx(3, rel=0.1)

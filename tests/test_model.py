@@ -1,0 +1,74 @@
+"""Network shapes, preprocessing and checkpoints."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from smilekit import model as M
+
+
+@pytest.mark.parametrize("arch", sorted(M.ARCHITECTURES))
+def test_output_is_one_logit_per_face(arch):
+    net = M.build_model(arch).eval()
+    assert net(torch.rand(5, 1, 64, 64)).shape == (5,)
+
+
+def test_brightness_and_contrast_do_not_change_the_answer():
+    net = M.build_model("smilenet").eval()
+    x = torch.rand(3, 1, 64, 64) * 0.5
+    with torch.no_grad():
+        assert torch.allclose(net(x), net(x * 1.6 + 0.1), atol=1e-4)
+
+
+def test_crops_to_tensor_accepts_pil_and_arrays():
+    crops = [Image.new("L", (64, 64), 255), np.zeros((64, 64), np.uint8)]
+    x = M.crops_to_tensor(crops)
+    assert x.shape == (2, 1, 64, 64) and x[0].min() == 1.0 and x[1].max() == 0.0
+
+
+def test_checkpoint_round_trip(tmp_path):
+    net = M.build_model("smilenet").eval()
+    path = tmp_path / "m.pt"
+    saved = M.save_checkpoint(path, net, "smilenet", temperature=1.7, metrics={"test": {"acc": 0.5}})
+    loaded, meta = M.load_checkpoint(path)
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(net(x), loaded(x))
+    assert meta["version"] == saved["version"] and meta["temperature"] == 1.7
+    assert meta["labels"] == ["not_smiling", "smiling"] and meta["input_size"] == 64
+
+
+def test_version_changes_with_weights():
+    net = M.build_model("seedcnn")
+    before = M.model_version(net, "seedcnn")
+    with torch.no_grad():
+        next(net.parameters()).add_(1.0)
+    assert M.model_version(net, "seedcnn") != before
+
+
+def test_default_model_prefers_env_then_newest_promoted(tmp_path, monkeypatch):
+    assert M.default_model_path() == M.SHIPPED_MODEL
+    monkeypatch.setenv("SMILEKIT_MODELS_DIR", str(tmp_path))
+    for i, name in enumerate(("a.pt", "b.pt")):
+        (tmp_path / name).write_bytes(b"x")
+        import os
+        os.utime(tmp_path / name, (1000 + i, 1000 + i))
+    assert M.default_model_path() == tmp_path / "b.pt"
+    monkeypatch.setenv("SMILEKIT_MODEL", str(tmp_path / "a.pt"))
+    assert M.default_model_path() == tmp_path / "a.pt"
+
+
+def test_unknown_architecture_and_missing_checkpoint():
+    with pytest.raises(ValueError, match="Unknown architecture"):
+        M.build_model("resnet9000")
+    with pytest.raises(FileNotFoundError):
+        M.load_checkpoint("/nonexistent/model.pt")
+
+
+def test_shipped_model_is_small_and_loads():
+    if not M.SHIPPED_MODEL.is_file():
+        pytest.fail("the shipped model smilekit/weights/smilenet.pt is missing")
+    assert M.SHIPPED_MODEL.stat().st_size < 5_000_000
+    net, meta = M.load_checkpoint(M.SHIPPED_MODEL)
+    assert meta["metrics"]["test"]["smilesmiled"]["accuracy"] > 0.9
+    assert 0.2 < meta["temperature"] < 5
