@@ -30,6 +30,7 @@ from sqlalchemy import (
     event,
     func,
     select,
+    update,
 )
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -173,6 +174,14 @@ class FeedbackStore:
                     setattr(row, name, value)
             session.flush()
             return int(row.id)
+
+    def forget_crops(self, session_id: str) -> int:
+        """Remove the stored face crops of one session (consent withdrawn); returns how many."""
+        with Session(self.engine) as session, session.begin():
+            result = session.execute(
+                update(Verdict).where(Verdict.session_id == session_id, Verdict.crop_png.is_not(None)).values(crop_png=None)
+            )
+            return result.rowcount
 
     # -- reading ---------------------------------------------------------------
 

@@ -1,0 +1,283 @@
+"""The SmileKit app: upload photos, see who smiles, say whether the model was right.
+
+``SmileApp().widget`` is what the notebook shows. Every user action is a plain
+method (``handle_upload``, ``give_feedback``, ``classify_whole``, ``set_consent``,
+``set_saliency``, ``refresh_metrics``) that the widget callbacks call, so tests
+drive the app without a browser. Callbacks never let an exception reach the
+page: the user gets a plain message, the traceback goes to the server's log.
+"""
+from __future__ import annotations
+
+import html
+import logging
+import sys
+import uuid
+from dataclasses import dataclass, field
+
+import ipywidgets as widgets
+from ipywidgets import Layout
+
+from . import render
+from .feedback import FeedbackStore, photo_hash
+from .images import ImageError
+from .predict import FacePrediction, PhotoPrediction, Predictor
+
+#: the app's own limit per photo (Voilà's websocket is raised to 100 MiB per upload in voila.json)
+MAX_FILE_BYTES = 50 * 1024 * 1024
+
+log = logging.getLogger(__name__)
+if not log.handlers:  # the kernel's sys.stderr would print into the page
+    _handler = logging.StreamHandler(sys.__stderr__)
+    _handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    log.addHandler(_handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def _row_wrap(children=(), **layout) -> widgets.Box:
+    layout = {"display": "flex", "flex_flow": "row wrap", "align_items": "flex-start", **layout}
+    return widgets.Box(list(children), layout=Layout(**layout))
+
+
+@dataclass
+class FaceCard:
+    """One face on screen: the model's answer, its card and the verdict given so far."""
+
+    face: FacePrediction
+    thumbnail: bytes
+    widget: widgets.VBox = None
+    picture: widgets.Image = None
+    status: widgets.HTML = None
+    correct_button: widgets.Button = None
+    incorrect_button: widgets.Button = None
+    overlay: bytes | None = None
+    verdict: bool | None = None
+
+
+@dataclass
+class Photo:
+    """One uploaded photo: its hash (the photo itself is not kept), its faces and its panel."""
+
+    name: str
+    sha256: str
+    prediction: PhotoPrediction
+    cards: list[FaceCard] = field(default_factory=list)
+    panel: widgets.VBox = None
+    body: widgets.Box = None
+
+
+class SmileApp:
+    """The whole app for one browser session."""
+
+    def __init__(self, predictor: Predictor | None = None, store: FeedbackStore | None = None, session_id: str | None = None):
+        self.session_id = session_id or uuid.uuid4().hex
+        self.photos: list[Photo] = []
+        self.consent = False
+        self.show_saliency = False
+        self._build()
+        self.predictor = predictor or self._guarded(Predictor, "No smile model could be loaded, so photos cannot be checked.")
+        self.store = store or self._guarded(FeedbackStore, "The feedback database is not reachable; verdicts cannot be saved.")
+        self.upload.disabled = self.predictor is None
+        self.refresh_metrics()
+
+    # -- building the page -------------------------------------------------------
+
+    def _build(self) -> None:
+        self.upload = widgets.FileUpload(accept="image/*,.jpg,.jpeg,.png,.webp,.gif,.bmp,.tif,.tiff", multiple=True,
+                                         description="Upload photos", button_style="primary", layout=Layout(width="auto"))
+        self.upload.add_class("smilekit-upload")
+        self.upload.observe(self._on_upload, names="value")
+        self.consent_box = widgets.Checkbox(value=False, indent=False, layout=Layout(width="auto"),
+                                            description="Keep the face crops I give feedback on (small grey 64×64 faces) to improve the model")
+        self.consent_box.add_class("smilekit-consent")
+        self.consent_box.observe(lambda change: self._safely(self.set_consent, change["new"]), names="value")
+        self.saliency_box = widgets.Checkbox(value=False, indent=False, description="Show where the model looked",
+                                             layout=Layout(width="auto"))
+        self.saliency_box.add_class("smilekit-saliency")
+        self.saliency_box.observe(lambda change: self._safely(self.set_saliency, change["new"]), names="value")
+        hint = widgets.HTML(f"<span class='smilekit-note'>JPEG, PNG, WebP, GIF, BMP or TIFF, up to {MAX_FILE_BYTES >> 20} MB each "
+                            "(100 MB per upload). Photos are not kept; with the box ticked, only the small face crops are.</span>")
+        self.busy = widgets.HTML("")
+        self.messages = widgets.VBox([])
+        self.gallery = widgets.VBox([])
+        self.metrics = widgets.HTML("")
+        self.metrics.add_class("smilekit-metrics")
+        refresh = widgets.Button(description="Refresh", icon="refresh", layout=Layout(width="auto"))
+        refresh.on_click(lambda _: self._safely(self.refresh_metrics))
+        controls = _row_wrap([self.upload, self.busy], grid_gap="8px", align_items="center")
+        options = _row_wrap([self.consent_box, self.saliency_box], grid_gap="4px 24px")
+        metrics_panel = widgets.VBox([self.metrics, refresh], layout=Layout(margin="16px 0 0 0"))
+        self.widget = widgets.VBox([widgets.HTML(render.CSS), controls, hint, options, self.messages, self.gallery, metrics_panel],
+                                   layout=Layout(width="100%"))
+        self.widget.add_class("smilekit-app")
+
+    def _face_card(self, photo: Photo, card: FaceCard) -> None:
+        photo_idx, face_idx = self.photos.index(photo), card.face.index
+        card.picture = widgets.Image(value=self._card_picture(card), format="png",
+                                     layout=Layout(width="100%", max_width="160px", height="auto"))
+        label = widgets.HTML(render.label_html(card.face.index, card.face.label, card.face.confidence, card.face.detected))
+        card.correct_button = widgets.Button(description="Correct", icon="check", layout=Layout(width="50%"))
+        card.incorrect_button = widgets.Button(description="Incorrect", icon="times", layout=Layout(width="50%"))
+        card.correct_button.add_class("smilekit-correct")
+        card.incorrect_button.add_class("smilekit-incorrect")
+        card.correct_button.on_click(lambda _: self._safely(self.give_feedback, photo_idx, face_idx, True))
+        card.incorrect_button.on_click(lambda _: self._safely(self.give_feedback, photo_idx, face_idx, False))
+        card.status = widgets.HTML("<span class='smilekit-note'>Was the model right?</span>")
+        buttons = widgets.HBox([card.correct_button, card.incorrect_button], layout=Layout(width="100%"))
+        card.widget = widgets.VBox([card.picture, label, buttons, card.status],
+                                   layout=Layout(flex="1 1 150px", max_width="230px", align_items="center"))
+        card.widget.add_class("smilekit-face")
+
+    def _card_picture(self, card: FaceCard) -> bytes:
+        if not self.show_saliency:
+            return card.thumbnail
+        if card.overlay is None:
+            card.overlay = render.saliency_overlay(card.face.crop, self.predictor.saliency(card.face.crop))
+        return card.overlay
+
+    def _render_photo(self, photo: Photo) -> None:
+        prediction = photo.prediction
+        picture = widgets.Image(value=render.boxed_photo(prediction.image, [f.box for f in prediction.faces]), format="jpeg",
+                                layout=Layout(width="100%", height="auto"))
+        picture_box = widgets.Box([picture], layout=Layout(flex="1 1 300px", max_width="560px", margin="0 12px 8px 0"))
+        for face in prediction.faces:
+            card = FaceCard(face, render.face_thumbnail(prediction.image, face.box) if face.detected else render.crop_thumbnail(face.crop))
+            photo.cards.append(card)
+            self._face_card(photo, card)
+        if photo.cards:
+            side = _row_wrap([c.widget for c in photo.cards], flex="1 1 300px")
+            count = len(photo.cards)
+            title = f"<b>{html.escape(photo.name)}</b>: {count} face{'s' if count != 1 else ''} found"
+        else:
+            whole = widgets.Button(description="Classify the whole picture as one face", layout=Layout(width="auto", max_width="100%"))
+            whole.add_class("smilekit-whole")
+            photo_idx = self.photos.index(photo)
+            whole.on_click(lambda _: self._safely(self.classify_whole, photo_idx))
+            side = widgets.VBox([widgets.HTML("No face was found in this photo. If it shows one face, the whole picture can be checked."),
+                                 whole], layout=Layout(flex="1 1 300px"))
+            side.add_class("smilekit-noface")
+            title = f"<b>{html.escape(photo.name)}</b>: no face found"
+        photo.body = _row_wrap([picture_box, side], width="100%")
+        if photo.panel is None:
+            photo.panel = widgets.VBox([widgets.HTML(title), photo.body], layout=Layout(width="100%"))
+            photo.panel.add_class("smilekit-photo")
+        else:
+            photo.panel.children = [widgets.HTML(title), photo.body]
+
+    # -- user actions --------------------------------------------------------------
+
+    def handle_upload(self, files: list[tuple[str, bytes]]) -> list[int]:
+        """Check every uploaded photo; returns the indices of those shown (bad files get a message)."""
+        self.messages.children = []
+        added = []
+        for number, (name, data) in enumerate(files, start=1):
+            self.busy.value = f"<span class='smilekit-note'>Checking photo {number} of {len(files)}…</span>"
+            try:
+                added.append(self._add_photo(name, data))
+            except ImageError as err:
+                self.show_error(f"{name}: {err}")
+            except Exception:  # noqa: BLE001 - one bad photo must not stop the others
+                log.exception("could not process upload %r", name)
+                self.show_error(f"{name}: something went wrong while checking this photo. Please try another one.")
+        self.busy.value = ""
+        return added
+
+    def _add_photo(self, name: str, data: bytes) -> int:
+        if self.predictor is None:
+            raise ImageError("No smile model is loaded, so photos cannot be checked.")
+        if len(data) > MAX_FILE_BYTES:
+            raise ImageError(f"This file is {len(data) / 2**20:.1f} MB; the limit is {MAX_FILE_BYTES >> 20} MB per photo.")
+        prediction = self.predictor.predict(bytes(data))
+        photo = Photo(name, photo_hash(data), prediction)
+        self.photos.append(photo)
+        self._render_photo(photo)
+        if photo.cards:
+            photo.prediction = PhotoPrediction(None, prediction.faces, prediction.model_version)  # free the pixels
+        self.gallery.children = (photo.panel, *self.gallery.children)  # newest first
+        return len(self.photos) - 1
+
+    def classify_whole(self, photo_idx: int) -> FacePrediction:
+        """Treat a photo in which no face was found as one face."""
+        photo = self.photos[photo_idx]
+        if photo.cards:
+            return photo.cards[0].face
+        photo.prediction = self.predictor.predict(photo.prediction.image, whole_image=True)
+        self._render_photo(photo)
+        photo.prediction = PhotoPrediction(None, photo.prediction.faces, photo.prediction.model_version)
+        return photo.cards[0].face
+
+    def give_feedback(self, photo_idx: int, face_idx: int, correct: bool) -> int | None:
+        """Save whether the model was right about one face (again: change the verdict); returns the row id."""
+        photo = self.photos[photo_idx]
+        card = photo.cards[face_idx]
+        if self.store is None:
+            self.show_error("The feedback database is not reachable; your verdict was not saved.")
+            return None
+        face = card.face
+        row_id = self.store.record(
+            session_id=self.session_id, photo_sha256=photo.sha256, face_index=face.index, box=face.box.as_tuple(),
+            probability=face.probability, model_version=photo.prediction.model_version, correct=correct,
+            crop_png=render.crop_png(face.crop) if self.consent else None,
+        )
+        card.verdict = correct
+        card.correct_button.button_style = "success" if correct else ""
+        card.incorrect_button.button_style = "" if correct else "danger"
+        truth = face.label if correct else ("Not smiling" if face.smiling else "Smiling")
+        card.status.value = f"<span class='smilekit-note'>Saved: {'correct' if correct else 'incorrect'} (truth: {truth})</span>"
+        self.refresh_metrics()
+        return row_id
+
+    def set_consent(self, consent: bool) -> None:
+        """Tick: crops are kept with the next verdicts. Untick: this session's kept crops are deleted."""
+        self.consent = bool(consent)
+        if self.consent_box.value != self.consent:
+            self.consent_box.value = self.consent
+        if not self.consent and self.store is not None:
+            self.store.forget_crops(self.session_id)
+
+    def set_saliency(self, show: bool) -> None:
+        """Show each face as the model's crop with where it looked, or as the plain face."""
+        self.show_saliency = bool(show)
+        if self.saliency_box.value != self.show_saliency:
+            self.saliency_box.value = self.show_saliency
+        for photo in self.photos:
+            for card in photo.cards:
+                card.picture.value = self._card_picture(card)
+
+    def refresh_metrics(self) -> None:
+        if self.store is None:
+            self.metrics.value = "<i>Feedback statistics are unavailable.</i>"
+            return
+        self.metrics.value = render.metrics_html(self.store.stats(), self.predictor.version if self.predictor else None)
+
+    # -- plumbing -------------------------------------------------------------------
+
+    def show_error(self, message: str) -> None:
+        box = widgets.HTML(render.error_html(message))
+        box.add_class("smilekit-error")
+        self.messages.children = (*self.messages.children, box)
+
+    def _on_upload(self, change) -> None:
+        files = [(f["name"], bytes(f["content"])) for f in change["new"]]
+        if not files:
+            return
+        self.upload.value = ()  # drop the bytes from the widget; also lets the same file be picked again
+        self._safely(self.handle_upload, files)
+
+    def _safely(self, action, *args):
+        """Run a callback; on failure show a plain message and log the traceback."""
+        try:
+            return action(*args)
+        except Exception:  # noqa: BLE001 - nothing may reach the page as a traceback
+            log.exception("%s failed", getattr(action, "__name__", action))
+            self.busy.value = ""
+            self.show_error("Something went wrong. Please try again.")
+            return None
+
+    def _guarded(self, factory, message: str):
+        try:
+            return factory()
+        except Exception:  # noqa: BLE001
+            log.exception("app start-up: %s", message)
+            self.show_error(message)
+            return None
