@@ -41,27 +41,17 @@ def cmd_predict(args) -> int:
 def evaluate_folder(predictor, folder, crops: bool = False, progress: bool = True) -> dict:
     """Figures for a ``smiling/`` + ``not_smiling/`` folder; photos without a detected face count as wrong."""
     import numpy as np
-    from tqdm.auto import tqdm
 
     from . import metrics
     from .data import load_folder
 
     samples = load_folder(folder, is_crop=crops)
-    labels, probs, no_face, unreadable = [], [], 0, 0
-    for sample in tqdm(samples, desc="evaluating", disable=not progress, mininterval=2, file=sys.stderr):
-        try:
-            found = predictor.predict(sample.path, whole_image=crops).faces
-        except ImageError:
-            unreadable += 1
-            continue
-        if found:
-            probs.append(max(found, key=lambda f: f.box.w).probability)
-        else:
-            no_face += 1
-            probs.append(1.0 - sample.smiling)  # the wrong answer, with full confidence
-        labels.append(sample.smiling)
-    result = metrics.summary(np.array(labels), np.array(probs))
-    result.update(no_face=no_face, unreadable=unreadable, model_version=predictor.version)
+    probs, status = predictor.score_samples(samples, progress=progress)
+    readable = status != "unreadable"
+    labels = np.array([s.smiling for s in samples])[readable]
+    probs = np.where(status[readable] == "face", probs[readable], 1.0 - labels)  # no face: wrong, fully confident
+    result = metrics.summary(labels, probs)
+    result.update(no_face=int((status == "no_face").sum()), unreadable=int((~readable).sum()), model_version=predictor.version)
     return result
 
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from . import faces
-from .images import load_image
+from .images import ImageError, load_image
 from .model import INPUT_SIZE, crops_to_tensor, default_model_path, load_checkpoint, logits_of, probabilities
 
 
@@ -77,6 +77,28 @@ class Predictor:
         probs = self.predict_proba(crops) if crops else []
         found = [FacePrediction(i, b, float(p), c, detected) for i, (b, p, c) in enumerate(zip(boxes, probs, crops))]
         return PhotoPrediction(image, found, self.version)
+
+    def score_samples(self, samples, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Probability of smiling for each labelled sample through the app's path, and its status.
+
+        Crops are classified whole; photos go through face detection and the
+        largest face counts. Status is "face", "no_face" or "unreadable"
+        (probability NaN for the last two).
+        """
+        from tqdm.auto import tqdm
+
+        probs, status = np.full(len(samples), np.nan), np.full(len(samples), "face", dtype=object)
+        for i, sample in enumerate(tqdm(samples, desc="scoring", disable=not progress, mininterval=2)):
+            try:
+                result = self.predict(sample.path, whole_image=sample.is_crop).faces
+            except ImageError:
+                status[i] = "unreadable"
+                continue
+            if result:
+                probs[i] = max(result, key=lambda f: f.box.w).probability
+            else:
+                status[i] = "no_face"
+        return probs, status
 
     def saliency(self, crop: Image.Image) -> np.ndarray:
         """Where the model looked: |d logit / d pixel|, smoothed, scaled to [0, 1] (64 x 64)."""

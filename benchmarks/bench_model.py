@@ -1,0 +1,129 @@
+"""Benchmark the shipped model against a SeedCNN baseline on the shared test splits.
+
+Prints, side by side: SMILEsmileD test figures (face crops), CelebA-subset test
+figures through the full photo -> face detection -> crop path (a photo with no
+face found counts as wrong), faces found, accuracy by the ``male`` group,
+calibration (expected calibration error) per set, and CPU latency.
+
+    python benchmarks/bench_model.py [--data ../shared/data] [--baseline outputs/runs/seedcnn.pt] [--json out.json]
+
+Targets (issue): SMILEsmileD acc >= 0.94; CelebA acc >= 0.93 with faces found in
+>= 99 % of photos; male / not-male gap <= 1.5 points; one face <= 2 ms;
+detect + classify of a 1-megapixel photo <= 150 ms.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from smilekit import data, metrics
+from smilekit.model import SHIPPED_MODEL
+from smilekit.predict import Predictor
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def score(predictor: Predictor, samples) -> dict:
+    labels = np.array([s.smiling for s in samples])
+    probs, status = predictor.score_samples(samples, progress=True)
+    found = status == "face"
+    probs = np.where(found, probs, 1.0 - labels)  # no face found: counted as wrong
+    out = metrics.summary(labels, probs)
+    out["faces_found"] = float(found.mean())
+    out["ece"] = metrics.reliability(labels[found], probs[found])["ece"]
+    groups = [s.male for s in samples]
+    if None not in groups:
+        by_group = metrics.per_group_accuracy(labels, probs, groups)
+        out["acc_male"], out["acc_not_male"] = by_group[1]["accuracy"], by_group[0]["accuracy"]
+        out["male_gap_points"] = abs(out["acc_male"] - out["acc_not_male"]) * 100
+    return out
+
+
+def latency(predictor: Predictor, photo: Image.Image) -> dict:
+    torch.set_num_threads(1)
+    crop = predictor.predict(photo).faces[0].crop
+    predictor.predict_proba([crop])  # warm up
+    one_face = []
+    for _ in range(200):
+        start = time.perf_counter()
+        predictor.predict_proba([crop])
+        one_face.append((time.perf_counter() - start) * 1000)
+    full = []
+    for _ in range(20):
+        start = time.perf_counter()
+        predictor.predict(photo)
+        full.append((time.perf_counter() - start) * 1000)
+    torch.set_num_threads(2)
+    return {"classify_one_face_ms": statistics.median(one_face), "detect_classify_1mp_ms": statistics.median(full)}
+
+
+def one_megapixel_photo(celeba: Path) -> Image.Image:
+    """A real face photo enlarged to 1155 x 866 (1.0 MP) on a plain background."""
+    face = Image.open(celeba / "img/0.jpg").convert("RGB").resize((356, 436))
+    photo = Image.new("RGB", (1155, 866), (120, 130, 125))
+    photo.paste(face, (400, 200))
+    return photo
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--model", default=str(SHIPPED_MODEL))
+    parser.add_argument("--baseline", default=str(ROOT / "outputs" / "runs" / "seedcnn.pt"))
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args()
+
+    root = data.data_root(args.data)
+    test_sets = {
+        "smilesmiled": data.select(data.load_smilesmiled(root / "smilesmiled"), "test"),
+        "celeba-subset": data.select(data.load_celeba_subset(root / "celeba-subset"), "test"),
+    }
+    models = {"SmileNet (shipped)": args.model}
+    if Path(args.baseline).is_file():
+        models["SeedCNN (same data)"] = args.baseline
+    else:
+        print(f"(no baseline at {args.baseline}: train one with `smilekit train --arch seedcnn --out {args.baseline}`)")
+    photo = one_megapixel_photo(root / "celeba-subset")
+    results = {}
+    for name, path in models.items():
+        predictor = Predictor(path)
+        results[name] = {"version": predictor.version}
+        for set_name, samples in test_sets.items():
+            results[name][set_name] = score(predictor, samples)
+        results[name]["latency"] = latency(predictor, photo)
+
+    rows = [("SMILEsmileD test accuracy (>= 0.94)", "smilesmiled", "accuracy"),
+            ("SMILEsmileD test balanced accuracy", "smilesmiled", "balanced_accuracy"),
+            ("SMILEsmileD test ROC AUC", "smilesmiled", "roc_auc"),
+            ("SMILEsmileD ECE (calibration)", "smilesmiled", "ece"),
+            ("CelebA test accuracy, full path (>= 0.93)", "celeba-subset", "accuracy"),
+            ("CelebA test balanced accuracy", "celeba-subset", "balanced_accuracy"),
+            ("CelebA test ROC AUC", "celeba-subset", "roc_auc"),
+            ("CelebA ECE (calibration)", "celeba-subset", "ece"),
+            ("CelebA faces found (>= 0.99)", "celeba-subset", "faces_found"),
+            ("CelebA accuracy, male", "celeba-subset", "acc_male"),
+            ("CelebA accuracy, not male", "celeba-subset", "acc_not_male"),
+            ("CelebA male gap, points (<= 1.5)", "celeba-subset", "male_gap_points"),
+            ("one face classify, ms (<= 2)", "latency", "classify_one_face_ms"),
+            ("detect + classify 1 MP photo, ms (<= 150)", "latency", "detect_classify_1mp_ms")]
+    names = list(results)
+    print("\n| measure | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for label, group, key in rows:
+        print(f"| {label} | " + " | ".join(f"{results[n][group][key]:.4f}" if key not in ("classify_one_face_ms", "detect_classify_1mp_ms", "male_gap_points")
+                                            else f"{results[n][group][key]:.2f}" for n in names) + " |")
+    print(f"\ntest sets: SMILEsmileD n={len(test_sets['smilesmiled'])}, CelebA subset n={len(test_sets['celeba-subset'])}; "
+          f"versions: " + ", ".join(f"{n}={results[n]['version']}" for n in names))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The command line on real photos: predict, evaluate, and clear errors for bad files."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from smilekit import cli
+
+from test_faces import collage
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    """The shipped model (the CLI's default)."""
+    from smilekit.model import SHIPPED_MODEL
+
+    if not SHIPPED_MODEL.is_file():
+        pytest.fail("the shipped model smilekit/weights/smilenet.pt is missing")
+    return SHIPPED_MODEL
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "smilekit", *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_predict_json_one_object_per_photo_with_errors_inline(model_path, celeba_dir, tmp_path):
+    group = tmp_path / "group.jpg"
+    collage([celeba_dir / f"img/{n}.jpg" for n in (0, 1, 4, 5)]).save(group)
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("this is not a photo")
+    result = run_cli("predict", celeba_dir / "img/0.jpg", group, bad, tmp_path / "missing.png", "--json")
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert [len(line.get("faces", [])) for line in lines] == [1, 4, 0, 0]
+    face = lines[0]["faces"][0]
+    assert set(face) == {"box", "smiling", "probability"} and 0 <= face["probability"] <= 1
+    assert face["smiling"] == (face["probability"] >= 0.5)
+    assert "not an image" in lines[2]["error"] and "cannot read" in lines[3]["error"]
+
+
+def test_predict_readable_output(model_path, celeba_dir):
+    result = run_cli("predict", celeba_dir / "img/0.jpg")
+    assert result.returncode == 0 and "smiling" in result.stdout and "at (" in result.stdout
+
+
+def _labelled_folder(root, samples, as_crops):
+    for s in samples:
+        folder = root / ("smiling" if s.smiling else "not_smiling")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(s.path, folder / s.path.name)
+
+
+def test_evaluate_photos_through_detection(model_path, celeba_dir, tmp_path):
+    from smilekit import data
+
+    samples = data.select(data.load_celeba_subset(celeba_dir), "test", 60)
+    _labelled_folder(tmp_path, samples, as_crops=False)
+    Image.new("RGB", (200, 200), "gray").save(tmp_path / "smiling" / "blank.png")  # no face: counts as wrong
+    result = run_cli("evaluate", tmp_path, "--json")
+    figures = json.loads(result.stdout)
+    assert set(figures) == {"n", "accuracy", "balanced_accuracy", "roc_auc", "no_face"}
+    assert figures["n"] == 61 and figures["no_face"] >= 1
+    assert figures["accuracy"] > 0.75 and figures["roc_auc"] > 0.8
+
+
+def test_evaluate_crops(model_path, smilesmiled_dir, tmp_path):
+    from smilekit import data
+
+    samples = data.select(data.load_smilesmiled(smilesmiled_dir), "test", 80)
+    _labelled_folder(tmp_path, samples, as_crops=True)
+    figures = json.loads(run_cli("evaluate", tmp_path, "--crops", "--json").stdout)
+    assert figures["n"] == 80 and figures["no_face"] == 0 and figures["accuracy"] > 0.8
+
+
+def test_evaluate_missing_layout_is_a_clear_error(tmp_path, capsys):
+    assert cli.main(["evaluate", str(tmp_path)]) == 2
+    assert "smiling" in capsys.readouterr().err
+
+
+def test_missing_model_is_a_clear_error(tmp_path, capsys):
+    assert cli.main(["predict", "x.jpg", "--model", str(tmp_path / "none.pt")]) == 2
+    assert "No model checkpoint" in capsys.readouterr().err
