@@ -14,8 +14,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from . import faces
 
-#: the boxed photo is shown at most this many pixels on its long side
+#: the boxed photo is shown at most (at least) this many pixels on its long side
 DISPLAY_MAX_SIDE = 900
+DISPLAY_MIN_SIDE = 400
 #: face thumbnails on the cards, in pixels
 THUMB_SIDE = 128
 BOX_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
@@ -25,11 +26,14 @@ CSS = """
 <style>
 .smilekit-app { max-width: 1200px; margin: 0 auto; font-family: system-ui, sans-serif; }
 .smilekit-app .widget-image { height: auto; }
+.smilekit-app .widget-html-content { line-height: 1.4; white-space: normal; }
+.smilekit-app .widget-checkbox { height: auto; }
+.smilekit-app .widget-checkbox label { white-space: normal; line-height: 1.3; height: auto; }
 .smilekit-error { color: #8a1c1c; background: #fdecea; border-left: 4px solid #d93025; padding: 6px 10px; margin: 4px 0; }
 .smilekit-note { color: #555; font-size: 0.9em; }
 .smilekit-photo { border-top: 1px solid #ddd; padding-top: 8px; margin-top: 8px; }
 .smilekit-face { border: 1px solid #ccc; border-radius: 8px; padding: 6px; margin: 4px; box-sizing: border-box; }
-.smilekit-face .widget-button { min-width: 0; }
+.smilekit-face .widget-button { min-width: 0; margin: 0; padding: 0 8px; }
 .smilekit-metrics table { border-collapse: collapse; margin: 4px 0; }
 .smilekit-metrics td, .smilekit-metrics th { border: 1px solid #ddd; padding: 2px 8px; text-align: right; }
 .smilekit-label-smiling { color: #1a7f37; font-weight: bold; }
@@ -59,10 +63,11 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 
 def boxed_photo(image: Image.Image, boxes: list[faces.Box]) -> bytes:
-    """A downscaled JPEG of ``image`` with every box drawn and numbered from 1."""
-    scale = min(1.0, DISPLAY_MAX_SIDE / max(image.size))
+    """A display-sized JPEG of ``image`` with every box drawn and numbered from 1."""
+    long_side = max(image.size)
+    scale = DISPLAY_MAX_SIDE / long_side if long_side > DISPLAY_MAX_SIDE else max(1.0, DISPLAY_MIN_SIDE / long_side)
     shown = image.convert("RGB")
-    if scale < 1.0:
+    if scale != 1.0:
         shown = shown.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.LANCZOS)
     draw = ImageDraw.Draw(shown)
     line = max(2, round(max(shown.size) / 250))

@@ -88,7 +88,7 @@ class SmileApp:
         self.upload.add_class("smilekit-upload")
         self.upload.observe(self._on_upload, names="value")
         self.consent_box = widgets.Checkbox(value=False, indent=False, layout=Layout(width="auto"),
-                                            description="Keep the face crops I give feedback on (small grey 64×64 faces) to improve the model")
+                                            description="Keep my face crops (small, grey) to improve the model")
         self.consent_box.add_class("smilekit-consent")
         self.consent_box.observe(lambda change: self._safely(self.set_consent, change["new"]), names="value")
         self.saliency_box = widgets.Checkbox(value=False, indent=False, description="Show where the model looked",
@@ -96,7 +96,8 @@ class SmileApp:
         self.saliency_box.add_class("smilekit-saliency")
         self.saliency_box.observe(lambda change: self._safely(self.set_saliency, change["new"]), names="value")
         hint = widgets.HTML(f"<span class='smilekit-note'>JPEG, PNG, WebP, GIF, BMP or TIFF, up to {MAX_FILE_BYTES >> 20} MB each "
-                            "(100 MB per upload). Photos are not kept; with the box ticked, only the small face crops are.</span>")
+                            "(100 MB per upload). Photos are never stored; with the first box ticked, the 64×64 grey face crops "
+                            "you give feedback on are kept for retraining.</span>")
         self.busy = widgets.HTML("")
         self.messages = widgets.VBox([])
         self.gallery = widgets.VBox([])
@@ -116,14 +117,14 @@ class SmileApp:
         card.picture = widgets.Image(value=self._card_picture(card), format="png",
                                      layout=Layout(width="100%", max_width="160px", height="auto"))
         label = widgets.HTML(render.label_html(card.face.index, card.face.label, card.face.confidence, card.face.detected))
-        card.correct_button = widgets.Button(description="Correct", icon="check", layout=Layout(width="50%"))
-        card.incorrect_button = widgets.Button(description="Incorrect", icon="times", layout=Layout(width="50%"))
+        card.correct_button = widgets.Button(description="Correct", icon="check", layout=Layout(flex="1 1 auto", width="auto"))
+        card.incorrect_button = widgets.Button(description="Incorrect", icon="times", layout=Layout(flex="1 1 auto", width="auto"))
         card.correct_button.add_class("smilekit-correct")
         card.incorrect_button.add_class("smilekit-incorrect")
         card.correct_button.on_click(lambda _: self._safely(self.give_feedback, photo_idx, face_idx, True))
         card.incorrect_button.on_click(lambda _: self._safely(self.give_feedback, photo_idx, face_idx, False))
         card.status = widgets.HTML("<span class='smilekit-note'>Was the model right?</span>")
-        buttons = widgets.HBox([card.correct_button, card.incorrect_button], layout=Layout(width="100%"))
+        buttons = _row_wrap([card.correct_button, card.incorrect_button], width="100%", grid_gap="4px")
         card.widget = widgets.VBox([card.picture, label, buttons, card.status],
                                    layout=Layout(flex="1 1 150px", max_width="230px", align_items="center"))
         card.widget.add_class("smilekit-face")
@@ -138,7 +139,7 @@ class SmileApp:
     def _render_photo(self, photo: Photo) -> None:
         prediction = photo.prediction
         picture = widgets.Image(value=render.boxed_photo(prediction.image, [f.box for f in prediction.faces]), format="jpeg",
-                                layout=Layout(width="100%", height="auto"))
+                                layout=Layout(width="auto", max_width="100%", height="auto"))
         picture_box = widgets.Box([picture], layout=Layout(flex="1 1 300px", max_width="560px", margin="0 12px 8px 0"))
         for face in prediction.faces:
             card = FaceCard(face, render.face_thumbnail(prediction.image, face.box) if face.detected else render.crop_thumbnail(face.crop))
