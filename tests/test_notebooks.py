@@ -32,7 +32,7 @@ def errors(nb) -> list:
 
 
 def test_every_notebook_has_a_parameters_cell_and_is_committed_clean_or_run():
-    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+    for path in sorted(NOTEBOOKS.glob("[0-9][0-9]-*.ipynb")):
         nb = nbformat.read(path, as_version=4)
         tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1, f"{path.name}: exactly one cell tagged 'parameters'"

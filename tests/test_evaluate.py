@@ -1,0 +1,107 @@
+"""smilekit.evaluate: checkpoints on face sets, tables, worst mistakes."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from smilekit import evaluate
+from smilekit.data import CONTEXT_SIZE
+from smilekit.model import SeedCNN, SmileNet, save_checkpoint
+
+
+def _face_set(n=10, seed=0, groups=True):
+    rng = np.random.default_rng(seed)
+    crops = rng.integers(0, 256, (n, CONTEXT_SIZE, CONTEXT_SIZE), dtype=np.uint8)
+    labels = np.arange(n) % 2
+    return evaluate.FaceSet("toy", crops, labels, (np.arange(n) // 2) % 2 if groups else None, [])
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "m.pt", SmileNet(width=4), "smilenet", {"width": 4}, temperature=2.0)
+    return tmp_path / "m.pt"
+
+
+def test_project_path_keeps_absolute_paths_and_anchors_relative_ones(tmp_path):
+    assert evaluate.project_path(tmp_path) == tmp_path
+    assert evaluate.project_path("outputs/x.json") == evaluate.PROJECT_ROOT / "outputs" / "x.json"
+
+
+def test_models_dir_follows_argument_then_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("SMILEKIT_MODELS_DIR", str(tmp_path / "env"))
+    assert evaluate.models_dir() == tmp_path / "env"
+    assert evaluate.models_dir(tmp_path / "given") == tmp_path / "given"
+    monkeypatch.delenv("SMILEKIT_MODELS_DIR")
+    assert evaluate.models_dir() == evaluate.PROJECT_ROOT / "outputs" / "models"
+
+
+def test_evaluate_applies_the_checkpoint_temperature(checkpoint):
+    sets = {"toy": _face_set()}
+    result = evaluate.evaluate(checkpoint, sets)["toy"]
+    assert result.temperature == 2.0 and result.logits.shape == (10,)
+    np.testing.assert_allclose(result.probabilities, 1 / (1 + np.exp(-result.logits / 2.0)), rtol=1e-6)
+    np.testing.assert_allclose(result.raw_probabilities, 1 / (1 + np.exp(-result.logits)), rtol=1e-6)
+    summary = evaluate.summaries({"toy": result})["toy"]
+    assert summary["n"] == 10 and 0 <= summary["accuracy"] <= 1
+
+
+def test_evaluate_sees_the_centre_64_pixels_of_context_crops(checkpoint):
+    base = _face_set(4)
+    changed = evaluate.FaceSet("toy", base.crops.copy(), base.labels, None, [])
+    changed.crops[:, :5, :] = 0  # the border outside the model crop
+    a = evaluate.evaluate(checkpoint, {"x": base})["x"].logits
+    b = evaluate.evaluate(checkpoint, {"x": changed})["x"].logits
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+def test_worst_mistakes_are_wrong_and_most_confident_first():
+    e = evaluate.Evaluation("t", np.array([1, 0, 1, 0, 1]), np.array([-4.0, 3.0, 2.0, -1.0, -0.5]), 1.0)
+    assert list(evaluate.worst_mistakes(e, 10)) == [0, 1, 4]
+    assert list(evaluate.worst_mistakes(e, 1)) == [0]
+    right = evaluate.Evaluation("t", np.array([1, 0]), np.array([2.0, -2.0]), 1.0)
+    assert len(evaluate.worst_mistakes(right)) == 0
+
+
+def test_comparison_rows_put_models_side_by_side_and_mark_missing_sets():
+    model = {"a": {"n": 5, "accuracy": 0.8, "balanced_accuracy": 0.7, "roc_auc": 0.9},
+             "b": {"n": 3, "accuracy": 0.5, "balanced_accuracy": 0.5, "roc_auc": 0.5}}
+    baseline = {"a": {"n": 5, "accuracy": 0.6, "balanced_accuracy": 0.6, "roc_auc": 0.7}}
+    rows = evaluate.comparison_rows({"ours": model, "seed": baseline})
+    assert [r["test set"] for r in rows] == ["a", "b"]
+    assert rows[0]["ours accuracy"] == 0.8 and rows[0]["seed accuracy"] == 0.6
+    assert math.isnan(rows[1]["seed roc_auc"])
+    table = evaluate.markdown_table(rows)
+    assert table.splitlines()[0].startswith("| test set | n | ours accuracy") and "0.8000" in table
+    assert evaluate.markdown_table([]) == "(no rows)"
+
+
+def test_model_crops_cut_the_centre():
+    crops = np.zeros((1, CONTEXT_SIZE, CONTEXT_SIZE), np.uint8)
+    crops[0, 8:72, 8:72] = 200
+    out = evaluate.model_crops(crops)
+    assert out.shape == (1, 64, 64) and out.dtype == np.uint8 and (out == 200).all()
+
+
+def test_write_json_converts_numpy(tmp_path):
+    path = evaluate.write_json(tmp_path / "sub" / "m.json", {"a": np.float64(0.5), "b": np.arange(2), "c": np.int64(3)})
+    assert json.loads(path.read_text()) == {"a": 0.5, "b": [0, 1], "c": 3}
+
+
+def test_load_sets_on_real_test_splits(shared_data, tmp_path):
+    sets = evaluate.load_sets(shared_data, limit=12)
+    assert set(sets) == {"smilesmiled", "celeba-subset"}
+    for face_set in sets.values():
+        assert face_set.crops.shape == (12, CONTEXT_SIZE, CONTEXT_SIZE) and face_set.crops.dtype == np.uint8
+        assert set(np.unique(face_set.labels)) <= {0, 1}
+        assert all(s.split == "test" for s in face_set.samples)
+    assert sets["smilesmiled"].groups is None
+    assert set(np.unique(sets["celeba-subset"].groups)) <= {0, 1}
+    seed = tmp_path / "seed.pt"
+    save_checkpoint(seed, SeedCNN(), "seedcnn")
+    results = evaluate.summaries(evaluate.evaluate(seed, sets))
+    assert all(0 <= r["accuracy"] <= 1 and r["n"] == 12 for r in results.values())

@@ -1,0 +1,98 @@
+"""smilekit.retrain: feedback crops to training arrays, fine-tuning, the promote rule, promotion."""
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from smilekit import retrain
+from smilekit.data import CONTEXT_SIZE
+from smilekit.model import SmileNet, default_model_path, load_checkpoint, save_checkpoint
+from smilekit.train import center
+
+
+def _summary(**accuracy):
+    return {name: {"n": 100, "accuracy": a, "balanced_accuracy": a, "roc_auc": a} for name, a in accuracy.items()}
+
+
+def test_feedback_crops_are_padded_so_the_model_crop_is_unchanged():
+    rng = np.random.default_rng(0)
+    face = rng.integers(0, 256, (64, 64), dtype=np.uint8)
+    crops, labels = retrain.feedback_arrays([(Image.fromarray(face), 1), (face, 0)])
+    assert crops.shape == (2, CONTEXT_SIZE, CONTEXT_SIZE) and crops.dtype == np.uint8
+    assert list(labels) == [1, 0]
+    # the training pipeline's centre crop gives back exactly the crop the app showed
+    np.testing.assert_array_equal((center(torch.from_numpy(crops))[0, 0].numpy() * 255).round(), face)
+    # the border repeats the edge pixels
+    np.testing.assert_array_equal(crops[0, 0, 8:72], face[0])
+    np.testing.assert_array_equal(crops[0, 8:72, 0], face[:, 0])
+
+
+def test_feedback_arrays_repeat_resize_and_empty():
+    crops, labels = retrain.feedback_arrays([(Image.new("RGB", (100, 100), "white"), 1)], repeat=3)
+    assert crops.shape == (3, CONTEXT_SIZE, CONTEXT_SIZE) and list(labels) == [1, 1, 1] and (crops == 255).all()
+    crops, labels = retrain.feedback_arrays([])
+    assert crops.shape == (0, CONTEXT_SIZE, CONTEXT_SIZE) and len(labels) == 0
+
+
+def test_promote_when_nothing_drops_more_than_half_a_point():
+    before = _summary(a=0.90, b=0.80)
+    assert retrain.should_promote(before, _summary(a=0.91, b=0.80))[0]
+    assert retrain.should_promote(before, _summary(a=0.896, b=0.85))[0]  # -0.4 point is tolerated
+    ok, reason = retrain.should_promote(before, _summary(a=0.894, b=0.95))  # -0.6 point on a
+    assert not ok and "a -0.60 points" in reason
+
+
+def test_promote_needs_every_test_set_and_honours_the_threshold_argument():
+    before = _summary(a=0.9, b=0.8)
+    assert not retrain.should_promote(before, _summary(a=0.95))[0]
+    assert not retrain.should_promote({}, {})[0]
+    assert retrain.should_promote(before, _summary(a=0.85, b=0.8), max_drop=0.1)[0]
+    assert not retrain.should_promote(before, _summary(a=0.9, b=0.8), max_drop=-0.01)[0]
+    assert retrain.changes(before, _summary(a=0.95, b=0.7)) == pytest.approx({"a": 0.05, "b": -0.1})
+
+
+def test_promote_copies_with_a_fresh_name_that_the_app_picks(tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    old = tmp_path / "old.pt"
+    save_checkpoint(old, SmileNet(width=4), "smilenet", {"width": 4})
+    first = retrain.promote(old, models)
+    os.utime(first, (time.time() - 100, time.time() - 100))
+    torch.manual_seed(1)
+    new = tmp_path / "new.pt"
+    meta = save_checkpoint(new, SmileNet(width=4), "smilenet", {"width": 4})
+    os.utime(new, (time.time() - 1000, time.time() - 1000))  # an old file must still become the newest model
+    second = retrain.promote(new, models)
+    assert second.name.endswith(f"-{meta['version']}.pt") and second.read_bytes() == new.read_bytes()
+    assert not list(models.glob("*.tmp"))
+    monkeypatch.setenv("SMILEKIT_MODELS_DIR", str(models))
+    assert default_model_path() == second
+
+
+def test_agreement_over_time_is_a_rolling_rate_oldest_first():
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    rows = [{"id": i, "created_at": start + timedelta(minutes=i), "predicted_smiling": True, "true_smiling": i >= 2}
+            for i in range(4)]
+    points = retrain.agreement_over_time(list(reversed(rows)), window=2)
+    assert [p["n"] for p in points] == [1, 2, 3, 4]
+    assert [p["agreement"] for p in points] == [0.0, 0.0, 0.5, 1.0]
+    assert retrain.agreement_over_time([]) == []
+
+
+@pytest.mark.slow
+def test_fine_tune_on_real_faces_changes_the_model(shared_data, tmp_path):
+    base = tmp_path / "base.pt"
+    torch.manual_seed(0)
+    save_checkpoint(base, SmileNet(), "smilenet", temperature=1.0)
+    rng = np.random.default_rng(0)
+    pairs = [(Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)), i % 2) for i in range(6)]
+    report = retrain.fine_tune(base, pairs, tmp_path / "tuned.pt", shared_data, epochs=1, limit=40, progress=False)
+    assert report["extra_train_images"] == 6 * 4
+    assert report["config"]["init_from"] == str(base)
+    _, meta = load_checkpoint(tmp_path / "tuned.pt")
+    assert meta["version"] == report["version"] != load_checkpoint(base)[1]["version"]
