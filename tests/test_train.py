@@ -1,0 +1,70 @@
+"""Training: augmentation, class balance, a 1-epoch smoke run on real faces, resume."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from smilekit.model import load_checkpoint
+from smilekit.train import TrainConfig, augment, balanced_weights, center, train
+
+
+def test_augment_and_center_shapes_and_range():
+    crops = torch.randint(0, 256, (6, 80, 80), dtype=torch.uint8)
+    x = augment(crops, torch.Generator().manual_seed(0))
+    assert x.shape == (6, 1, 64, 64) and 0 <= x.min() and x.max() <= 1
+    assert not torch.allclose(x, augment(crops, torch.Generator().manual_seed(1)))
+    c = center(crops)
+    assert c.shape == (6, 1, 64, 64) and torch.equal(c[0, 0], crops[0, 8:72, 8:72].float() / 255)
+
+
+def test_balanced_weights_give_each_class_half_of_each_source():
+    labels = np.array([1, 0, 0, 0, 1, 1, 0])
+    sources = np.array(["a", "a", "a", "a", "b", "b", "b"])
+    w = balanced_weights(labels, sources)
+    assert w.sum() == pytest.approx(1)
+    for source, share in (("a", 4 / 7), ("b", 3 / 7)):
+        for label in (0, 1):
+            assert w[(sources == source) & (labels == label)].sum() == pytest.approx(share / 2)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, shared_data):
+    out = tmp_path_factory.mktemp("train") / "model.pt"
+    config = TrainConfig(data_root=str(shared_data), epochs=1, limit=150, batch_size=64, out=str(out))
+    return config, train(config, progress=False)
+
+
+def test_one_epoch_smoke_run_writes_a_usable_checkpoint(smoke_run):
+    config, report = smoke_run
+    model, meta = load_checkpoint(config.out)
+    assert meta["version"] == report["version"] and meta["arch"] == "smilenet"
+    assert set(report["test"]) == {"smilesmiled", "celeba-subset"}
+    for figures in report["test"].values():
+        assert figures["n"] == 150 and 0 <= figures["accuracy"] <= 1
+    written = json.loads(open(config.out.replace(".pt", ".json")).read())
+    assert written["history"][0]["epoch"] == 1 and written["temperature"] == meta["temperature"]
+    assert not any(p.name.endswith((".last.pt", ".best.pt")) for p in __import__("pathlib").Path(config.out).parent.iterdir())
+
+
+def test_resume_continues_from_the_last_epoch(shared_data, tmp_path, monkeypatch):
+    import smilekit.train as T
+
+    out = tmp_path / "m.pt"
+    config = TrainConfig(data_root=str(shared_data), epochs=2, limit=60, batch_size=32, out=str(out), patience=5)
+    original, calls = T.evaluate_sets, []
+
+    def interrupted_in_epoch_two(*args, **kwargs):  # the validation pass of epoch 2 never comes
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(T, "evaluate_sets", interrupted_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, progress=False)
+    assert out.with_suffix(".last.pt").is_file() and not out.is_file()
+    monkeypatch.setattr(T, "evaluate_sets", original)
+    report = train(TrainConfig(**{**config.__dict__, "resume": True}), progress=False)
+    assert [h["epoch"] for h in report["history"]] == [1, 2]
+    assert out.is_file()
