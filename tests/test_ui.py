@@ -1,0 +1,307 @@
+"""The app driven through its action methods and widget callbacks, with real face photos."""
+from __future__ import annotations
+
+import io
+from datetime import datetime, timezone
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from smilekit import ui
+from smilekit.feedback import FeedbackStore, photo_hash
+from smilekit.model import SHIPPED_MODEL
+from smilekit.predict import Predictor
+
+#: CelebA-subset photos whose single face the detector finds; a 2x2 collage of them has 4 faces
+COLLAGE_IDS = (0, 1, 4, 5)
+
+
+def dev_model(request, tmp_path_factory) -> Path:
+    """The shipped model if present, else a tiny one trained on a few hundred real faces (once per run)."""
+    if SHIPPED_MODEL.exists():
+        return SHIPPED_MODEL
+    path = tmp_path_factory.getbasetemp() / "tiny-model.pt"
+    if not path.exists():
+        from smilekit.train import TrainConfig, train
+
+        data_root = request.getfixturevalue("shared_data")  # skips when the face data is absent
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("SMILEKIT_CACHE", str(tmp_path_factory.getbasetemp() / "tiny-model-cache"))
+            train(TrainConfig(data_root=str(data_root), epochs=1, limit=200, out=str(path)))
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_path(request, tmp_path_factory) -> Path:
+    return dev_model(request, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def predictor(model_path) -> Predictor:
+    return Predictor(model_path)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = FeedbackStore(f"sqlite:///{tmp_path / 'feedback.db'}")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def app(predictor, store):
+    return ui.SmileApp(predictor=predictor, store=store)
+
+
+@pytest.fixture(scope="session")
+def face_jpeg(celeba_dir) -> bytes:
+    return (celeba_dir / "img" / "0.jpg").read_bytes()
+
+
+@pytest.fixture(scope="session")
+def collage_jpeg(celeba_dir) -> bytes:
+    return make_collage(celeba_dir)
+
+
+def make_collage(celeba_dir: Path) -> bytes:
+    """Four real faces in a 2x2 grid on white, as one JPEG."""
+    photos = [Image.open(celeba_dir / "img" / f"{i}.jpg").convert("RGB") for i in COLLAGE_IDS]
+    w, h, gap = photos[0].width, photos[0].height, 40
+    collage = Image.new("RGB", (2 * w + 3 * gap, 2 * h + 3 * gap), "white")
+    for k, photo in enumerate(photos):
+        collage.paste(photo, (gap + (k % 2) * (w + gap), gap + (k // 2) * (h + gap)))
+    buf = io.BytesIO()
+    collage.save(buf, format="JPEG", quality=92)
+    return buf.getvalue()
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def card_text(card) -> str:
+    """All the text on a face card (its HTML pieces and button captions)."""
+    parts = []
+
+    def walk(w):
+        if hasattr(w, "children"):
+            for c in w.children:
+                walk(c)
+        elif hasattr(w, "value") and isinstance(w.value, str):
+            parts.append(w.value)
+        if getattr(w, "description", None):
+            parts.append(w.description)
+
+    walk(card.widget)
+    return " ".join(parts)
+
+
+def errors(app) -> list[str]:
+    return [m.value for m in app.messages.children if "smilekit-error" in m._dom_classes]
+
+
+def test_widget_has_stable_classes(app):
+    assert "smilekit-upload" in app.upload._dom_classes
+    assert "smilekit-metrics" in app.metrics._dom_classes
+    assert "Feedback given: <b>0</b>" in app.metrics.value
+
+
+def test_one_face_photo(app, predictor, face_jpeg):
+    assert app.handle_upload([("face.jpg", face_jpeg)]) == [0]
+    (photo,) = app.photos
+    assert len(photo.cards) == 1
+    card = photo.cards[0]
+    assert "smilekit-face" in card.widget._dom_classes
+    assert "smilekit-correct" in card.correct_button._dom_classes
+    assert "smilekit-incorrect" in card.incorrect_button._dom_classes
+    expected = predictor.predict(face_jpeg).faces[0]
+    text = card_text(card)
+    assert expected.label in text
+    assert f"{expected.confidence:.0%}" in text
+    assert card.picture.value[:8] == b"\x89PNG\r\n\x1a\n"
+    assert app.gallery.children[0] is photo.panel
+    assert errors(app) == []
+
+
+def test_collage_feedback_and_change_of_mind(app, store, collage_jpeg):
+    app.handle_upload([("group.jpg", collage_jpeg)])
+    cards = app.photos[0].cards
+    assert len(cards) == len(COLLAGE_IDS)
+    assert all(("Smiling" in card_text(c)) or ("Not smiling" in card_text(c)) for c in cards)
+    ids = [app.give_feedback(0, i, correct=(i % 2 == 0)) for i in range(len(cards))]
+    assert len(set(ids)) == len(cards)
+    rows = store.rows()
+    assert len(rows) == len(cards)
+    for row, card in zip(sorted(rows, key=lambda r: r["face_index"]), cards):
+        face = card.face
+        right = face.index % 2 == 0
+        assert row["photo_sha256"] == photo_hash(collage_jpeg)
+        assert row["session_id"] == app.session_id
+        assert row["box"] == face.box.as_tuple()
+        assert row["predicted_smiling"] == face.smiling
+        assert row["true_smiling"] == (face.smiling if right else not face.smiling)
+        assert row["verdict"] == ("correct" if right else "incorrect")
+        assert row["model_version"] == app.predictor.version
+        assert row["crop_png"] is None  # no consent given
+    # clicking again changes the verdict of the same row
+    assert app.give_feedback(0, 1, correct=True) == ids[1]
+    rows = store.rows()
+    assert len(rows) == len(cards)
+    assert next(r for r in rows if r["face_index"] == 1)["verdict"] == "correct"
+    assert cards[1].correct_button.button_style == "success" and cards[1].incorrect_button.button_style == ""
+    assert f"Feedback given: <b>{len(cards)}</b>" in app.metrics.value
+
+
+def test_buttons_are_wired(app, store, face_jpeg):
+    app.handle_upload([("face.jpg", face_jpeg)])
+    card = app.photos[0].cards[0]
+    card.incorrect_button.click()
+    (row,) = store.rows()
+    assert row["verdict"] == "incorrect"
+    card.correct_button.click()
+    (row,) = store.rows()
+    assert row["verdict"] == "correct"
+    assert "Saved: correct" in card.status.value
+
+
+def test_upload_widget_is_wired(app, face_jpeg):
+    app.upload.value = ({"name": "face.jpg", "type": "image/jpeg", "size": len(face_jpeg),
+                         "content": memoryview(face_jpeg), "last_modified": datetime.now(timezone.utc)},)
+    assert len(app.photos) == 1 and len(app.photos[0].cards) == 1
+    assert app.upload.value == ()  # bytes released, the same file can be picked again
+
+
+def test_consent_keeps_only_the_crop(app, store, collage_jpeg):
+    app.handle_upload([("group.jpg", collage_jpeg)])
+    app.give_feedback(0, 0, True)
+    app.set_consent(True)
+    assert app.consent_box.value is True
+    app.give_feedback(0, 1, False)
+    rows = {r["face_index"]: r for r in store.rows()}
+    assert rows[0]["crop_png"] is None
+    crop = Image.open(io.BytesIO(rows[1]["crop_png"]))
+    assert crop.size == (64, 64) and crop.mode == "L"  # the face crop, not the photo
+    ((image, label),) = store.consented_crops()
+    assert label == int(rows[1]["true_smiling"])
+    # withdrawing consent deletes the crops this session kept
+    app.consent_box.value = False
+    assert store.consented_crops() == []
+    assert len(store.rows()) == 2
+
+
+def test_photo_is_never_written_to_disk(app, tmp_path, face_jpeg, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    app.set_consent(True)
+    app.handle_upload([("face.jpg", face_jpeg)])
+    app.give_feedback(0, 0, True)
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and not p.name.startswith("feedback.db")]
+    assert files == []
+
+
+@pytest.mark.parametrize("make_bad, message", [
+    (lambda face: b"this is not a photo", "not an image"),
+    (lambda face: face[: len(face) // 2], "truncated"),
+    (lambda face: b"", "empty"),
+])
+def test_bad_file_gives_message_and_next_upload_works(app, face_jpeg, make_bad, message):
+    assert app.handle_upload([("bad.jpg", make_bad(face_jpeg))]) == []
+    (error,) = errors(app)
+    assert "bad.jpg" in error and message in error
+    assert "Traceback" not in error
+    assert app.photos == []
+    assert app.handle_upload([("face.jpg", face_jpeg)]) == [0]
+    assert errors(app) == []
+    assert len(app.photos[0].cards) == 1
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims to be width x height (a decompression bomb's header)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_and_oversized_files(app, face_jpeg):
+    app.handle_upload([("bomb.png", _png_header_only(40_000, 40_000)), ("huge.jpg", face_jpeg + b"\0" * ui.MAX_FILE_BYTES),
+                       ("face.jpg", face_jpeg)])
+    bomb, huge = errors(app)
+    assert "bomb.png" in bomb and "too large" in bomb
+    assert "huge.jpg" in huge and "50 MB" in huge
+    assert len(app.photos) == 1  # the good photo of the same upload is still shown
+
+
+@pytest.mark.parametrize("fmt, kwargs", [("PNG", {}), ("WEBP", {"quality": 90}), ("GIF", {}), ("BMP", {}), ("TIFF", {})])
+def test_formats(app, face_jpeg, fmt, kwargs):
+    data = encode(Image.open(io.BytesIO(face_jpeg)), fmt, **kwargs)
+    assert app.handle_upload([(f"face.{fmt.lower()}", data)]) == [0]
+    assert len(app.photos[0].cards) == 1
+
+
+def test_exif_rotation_is_honoured(app, face_jpeg):
+    upright = Image.open(io.BytesIO(face_jpeg))
+    sideways = upright.rotate(90, expand=True)  # as a camera held sideways stores it
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    app.handle_upload([("phone.jpg", encode(sideways, "JPEG", quality=92, exif=exif.tobytes()))])
+    (card,) = app.photos[0].cards
+    x, y, w, h = card.face.box.as_tuple()
+    assert 0 <= x and x + w <= upright.width + 5  # box in upright (portrait) coordinates
+
+
+def test_no_face_offers_the_whole_picture(app, store):
+    blank = encode(Image.linear_gradient("L").resize((400, 300)).convert("RGB"), "PNG")
+    app.handle_upload([("sky.png", blank)])
+    photo = app.photos[0]
+    assert photo.cards == []
+    texts = [w.value for w in photo.panel.children if hasattr(w, "value")]
+    assert any("no face found" in t for t in texts)
+    whole_buttons = [w for w in photo.body.children[1].children if "smilekit-whole" in getattr(w, "_dom_classes", ())]
+    assert len(whole_buttons) == 1
+    whole_buttons[0].click()
+    (card,) = photo.cards
+    assert card.face.detected is False
+    assert "Whole picture" in card_text(card)
+    app.give_feedback(0, 0, False)
+    (row,) = store.rows()
+    assert row["verdict"] == "incorrect"
+
+
+def test_saliency_toggle(app, face_jpeg):
+    app.handle_upload([("face.jpg", face_jpeg)])
+    card = app.photos[0].cards[0]
+    plain = card.picture.value
+    app.saliency_box.value = True
+    overlay = card.picture.value
+    assert overlay != plain and Image.open(io.BytesIO(overlay)).mode == "RGB"
+    app.handle_upload([("face2.jpg", face_jpeg)])  # new photos follow the toggle
+    assert app.photos[1].cards[0].picture.value == overlay
+    app.set_saliency(False)
+    assert card.picture.value == plain
+
+
+def test_callback_errors_become_messages(app, face_jpeg, monkeypatch, capsys):
+    app.handle_upload([("face.jpg", face_jpeg)])
+
+    def broken(**_):
+        raise RuntimeError("database on fire")
+
+    monkeypatch.setattr(app.store, "record", broken)
+    app.photos[0].cards[0].correct_button.click()  # must not raise
+    (error,) = errors(app)
+    assert "Something went wrong" in error and "on fire" not in error
+    assert "on fire" not in capsys.readouterr().out
+
+
+def test_app_without_a_model_explains(monkeypatch, store, tmp_path):
+    monkeypatch.setenv("SMILEKIT_MODEL", str(tmp_path / "missing.pt"))
+    app = ui.SmileApp(store=store)
+    assert app.predictor is None
+    assert app.upload.disabled
+    (error,) = errors(app)
+    assert "model" in error
