@@ -129,6 +129,12 @@ def worst_mistakes(evaluation: Evaluation, k: int = 16) -> np.ndarray:
     return wrong[np.argsort(-confidence, kind="stable")][:k]
 
 
+def balanced_indices(labels: np.ndarray, n: int) -> np.ndarray:
+    """The first ``n // 2`` smiling and the first ``n - n // 2`` not-smiling indices (for showing a few faces)."""
+    labels = np.asarray(labels)
+    return np.concatenate([np.flatnonzero(labels == 1)[: n // 2], np.flatnonzero(labels == 0)[: n - n // 2]])
+
+
 def model_crops(crops: np.ndarray) -> np.ndarray:
     """The 64x64 model crops (uint8) inside context crops."""
     return (center(torch.from_numpy(crops))[:, 0].numpy() * 255).round().astype(np.uint8)

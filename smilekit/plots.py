@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from . import metrics
+from . import faces, metrics
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -69,12 +69,14 @@ def class_balance(balance: dict[str, dict[str, dict[str, int]]]) -> Figure:
 
 
 def boxes_on_photos(detections, ncols: int = 4, size: float = 2.5) -> Figure:
-    """Photos with their detected face boxes (``explore.detections``)."""
+    """Photos with their detected face boxes (green) and the model crop cut from each (dashed yellow)."""
     fig, axes = _grid(len(detections), ncols, size)
     for ax, (image, boxes) in zip(axes, detections):
         ax.imshow(np.asarray(image))
         for b in boxes:
             ax.add_patch(Rectangle((b.x, b.y), b.w, b.h, fill=False, edgecolor="lime", linewidth=2))
+            cx, cy, side = faces.crop_box(b)
+            ax.add_patch(Rectangle((cx - side / 2, cy - side / 2), side, side, fill=False, edgecolor="yellow", linewidth=1.5, linestyle="--"))
         ax.set_title(f"{len(boxes)} face(s)", fontsize=8)
     return fig
 

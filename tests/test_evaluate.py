@@ -80,6 +80,11 @@ def test_comparison_rows_put_models_side_by_side_and_mark_missing_sets():
     assert evaluate.markdown_table([]) == "(no rows)"
 
 
+def test_balanced_indices_take_both_classes():
+    assert list(evaluate.balanced_indices(np.array([0, 0, 1, 0, 1, 1]), 4)) == [2, 4, 0, 1]
+    assert list(evaluate.balanced_indices(np.array([0, 0]), 3)) == [0, 1]
+
+
 def test_model_crops_cut_the_centre():
     crops = np.zeros((1, CONTEXT_SIZE, CONTEXT_SIZE), np.uint8)
     crops[0, 8:72, 8:72] = 200

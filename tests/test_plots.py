@@ -58,7 +58,7 @@ def test_saliency_boxes_balance_agreement(tmp_path):
     _check(plots.saliency_overlay(crops, maps, ["a", "b", "c"]), tmp_path, "saliency")
     photo = Image.new("RGB", (120, 100), "white")
     fig = _check(plots.boxes_on_photos([(photo, [Box(10, 10, 40, 40)]), (photo, [])]), tmp_path, "boxes")
-    assert len(fig.axes[0].patches) == 1
+    assert len(fig.axes[0].patches) == 2  # detector box and model crop
     balance = {"d": {"train": {"smiling": 3, "not_smiling": 7, "total": 10}, "test": {"smiling": 1, "not_smiling": 1, "total": 2}}}
     _check(plots.class_balance(balance), tmp_path, "balance")
     points = [{"n": i + 1, "agreement": a} for i, a in enumerate([1, 0.5, 0.66])]
