@@ -70,7 +70,7 @@ def should_promote(before: dict[str, dict], after: dict[str, dict], max_drop: fl
     worse = {name: d for name, d in deltas.items() if d < -max_drop}
     if worse:
         listed = ", ".join(f"{n} {d * 100:+.2f} points" for n, d in worse.items())
-        return False, f"refused: {metric} dropped by more than {max_drop * 100:.1f} points on {listed}"
+        return False, f"refused: {metric} changed by less than the allowed {-max_drop * 100:+.1f} points on {listed}"
     listed = ", ".join(f"{n} {d * 100:+.2f}" for n, d in deltas.items())
     return True, f"promoted: no test set dropped by more than {max_drop * 100:.1f} points ({metric} change in points: {listed})"
 
