@@ -140,7 +140,7 @@ class SmileApp:
         prediction = photo.prediction
         picture = widgets.Image(value=render.boxed_photo(prediction.image, [f.box for f in prediction.faces]), format="jpeg",
                                 layout=Layout(width="auto", max_width="100%", height="auto"))
-        picture_box = widgets.Box([picture], layout=Layout(flex="1 1 300px", max_width="560px", margin="0 12px 8px 0"))
+        picture_box = widgets.Box([picture], layout=Layout(flex="0 1 auto", max_width="560px", margin="0 16px 8px 0"))
         for face in prediction.faces:
             card = FaceCard(face, render.face_thumbnail(prediction.image, face.box) if face.detected else render.crop_thumbnail(face.crop))
             photo.cards.append(card)
