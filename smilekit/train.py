@@ -140,10 +140,12 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     weights = torch.from_numpy(balanced_weights(labels, sources))
 
     # model and optimiser
-    model = build_model(config.arch)
-    if config.init_from:
-        base, _ = load_checkpoint(config.init_from)
-        model.load_state_dict(base.state_dict())
+    if config.init_from:  # fine-tuning: the checkpoint's own architecture and weights
+        model, base_meta = load_checkpoint(config.init_from)
+        arch, arch_kwargs = base_meta["arch"], base_meta.get("arch_kwargs", {})
+    else:
+        arch, arch_kwargs = config.arch, {}
+        model = build_model(arch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, len(labels) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.15)
@@ -214,7 +216,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     data_desc = {name: {"train": int(len(train_sets[name][1])), "val": int(len(val_sets[name][1])),
                         "split": "split.csv of the dataset (train used for fitting, val for early stopping and temperature)"}
                  for name in config.datasets}
-    checkpoint = save_checkpoint(out, model, config.arch, temperature=temperature, data=data_desc,
+    checkpoint = save_checkpoint(out, model, arch, arch_kwargs, temperature=temperature, data=data_desc,
                                  metrics={"val": val, "test": test}, trained_at=time.strftime("%Y-%m-%d %H:%M:%S"))
     report["version"] = checkpoint["version"]
     out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=_json_default))
