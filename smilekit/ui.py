@@ -8,13 +8,17 @@ page: the user gets a plain message, the traceback goes to the server's log.
 """
 from __future__ import annotations
 
+import ctypes
 import html
 import logging
+import os
 import sys
+import time
 import uuid
 from dataclasses import dataclass, field
 
 import ipywidgets as widgets
+import torch
 from ipywidgets import Layout
 
 from . import render
@@ -25,6 +29,10 @@ from .predict import FacePrediction, PhotoPrediction, Predictor
 #: the app's own limit per photo (Voilà's websocket is raised to 100 MiB per upload in voila.json)
 MAX_FILE_BYTES = 50 * 1024 * 1024
 
+#: torch threads per app kernel: one face needs ~3 ms on one thread, while two threads on a busy
+#: 2-core server wait on each other for ~300 ms; each browser session has its own kernel anyway
+TORCH_THREADS = int(os.environ.get("SMILEKIT_TORCH_THREADS", "1"))
+
 log = logging.getLogger(__name__)
 if not log.handlers:  # the kernel's sys.stderr would print into the page
     _handler = logging.StreamHandler(sys.__stderr__)
@@ -34,9 +42,21 @@ if not log.handlers:  # the kernel's sys.stderr would print into the page
     log.propagate = False
 
 
+_LAYOUTS: dict[tuple, Layout] = {}
+
+
+def _layout(**props) -> Layout:
+    """A shared Layout per set of properties: every widget on the page has one, and each costs a
+    message to the browser, so the many cards reuse a few instead of creating their own."""
+    key = tuple(sorted(props.items()))
+    if key not in _LAYOUTS:
+        _LAYOUTS[key] = Layout(**props)
+    return _LAYOUTS[key]
+
+
 def _row_wrap(children=(), **layout) -> widgets.Box:
     layout = {"display": "flex", "flex_flow": "row wrap", "align_items": "flex-start", **layout}
-    return widgets.Box(list(children), layout=Layout(**layout))
+    return widgets.Box(list(children), layout=_layout(**layout))
 
 
 @dataclass
@@ -70,6 +90,7 @@ class SmileApp:
     """The whole app for one browser session."""
 
     def __init__(self, predictor: Predictor | None = None, store: FeedbackStore | None = None, session_id: str | None = None):
+        torch.set_num_threads(TORCH_THREADS)
         self.session_id = session_id or uuid.uuid4().hex
         self.photos: list[Photo] = []
         self.consent = False
@@ -84,15 +105,15 @@ class SmileApp:
 
     def _build(self) -> None:
         self.upload = widgets.FileUpload(accept="image/*,.jpg,.jpeg,.png,.webp,.gif,.bmp,.tif,.tiff", multiple=True,
-                                         description="Upload photos", button_style="primary", layout=Layout(width="auto"))
+                                         description="Upload photos", button_style="primary", layout=_layout(width="auto"))
         self.upload.add_class("smilekit-upload")
         self.upload.observe(self._on_upload, names="value")
-        self.consent_box = widgets.Checkbox(value=False, indent=False, layout=Layout(width="auto"),
+        self.consent_box = widgets.Checkbox(value=False, indent=False, layout=_layout(width="auto"),
                                             description="Keep my face crops (small, grey) to improve the model")
         self.consent_box.add_class("smilekit-consent")
         self.consent_box.observe(lambda change: self._safely(self.set_consent, change["new"]), names="value")
         self.saliency_box = widgets.Checkbox(value=False, indent=False, description="Show where the model looked",
-                                             layout=Layout(width="auto"))
+                                             layout=_layout(width="auto"))
         self.saliency_box.add_class("smilekit-saliency")
         self.saliency_box.observe(lambda change: self._safely(self.set_saliency, change["new"]), names="value")
         hint = widgets.HTML(f"<span class='smilekit-note'>JPEG, PNG, WebP, GIF, BMP or TIFF, up to {MAX_FILE_BYTES >> 20} MB each "
@@ -103,22 +124,22 @@ class SmileApp:
         self.gallery = widgets.VBox([])
         self.metrics = widgets.HTML("")
         self.metrics.add_class("smilekit-metrics")
-        refresh = widgets.Button(description="Refresh", icon="refresh", layout=Layout(width="auto"))
+        refresh = widgets.Button(description="Refresh", icon="refresh", layout=_layout(width="auto"))
         refresh.on_click(lambda _: self._safely(self.refresh_metrics))
         controls = _row_wrap([self.upload, self.busy], grid_gap="8px", align_items="center")
         options = _row_wrap([self.consent_box, self.saliency_box], grid_gap="4px 24px")
-        metrics_panel = widgets.VBox([self.metrics, refresh], layout=Layout(margin="16px 0 0 0"))
+        metrics_panel = widgets.VBox([self.metrics, refresh], layout=_layout(margin="16px 0 0 0"))
         self.widget = widgets.VBox([widgets.HTML(render.CSS), controls, hint, options, self.messages, self.gallery, metrics_panel],
-                                   layout=Layout(width="100%"))
+                                   layout=_layout(width="100%"))
         self.widget.add_class("smilekit-app")
 
     def _face_card(self, photo: Photo, card: FaceCard) -> None:
         photo_idx, face_idx = self.photos.index(photo), card.face.index
         card.picture = widgets.Image(value=self._card_picture(card), format="png",
-                                     layout=Layout(width="100%", max_width="160px", height="auto"))
+                                     layout=_layout(width="100%", max_width="160px", height="auto"))
         label = widgets.HTML(render.label_html(card.face.index, card.face.label, card.face.confidence, card.face.detected))
-        card.correct_button = widgets.Button(description="Correct", icon="check", layout=Layout(flex="1 1 auto", width="auto"))
-        card.incorrect_button = widgets.Button(description="Incorrect", icon="times", layout=Layout(flex="1 1 auto", width="auto"))
+        card.correct_button = widgets.Button(description="Correct", icon="check", layout=_layout(flex="1 1 auto", width="auto"))
+        card.incorrect_button = widgets.Button(description="Incorrect", icon="times", layout=_layout(flex="1 1 auto", width="auto"))
         card.correct_button.add_class("smilekit-correct")
         card.incorrect_button.add_class("smilekit-incorrect")
         card.correct_button.on_click(lambda _: self._safely(self.give_feedback, photo_idx, face_idx, True))
@@ -126,7 +147,7 @@ class SmileApp:
         card.status = widgets.HTML("<span class='smilekit-note'>Was the model right?</span>")
         buttons = _row_wrap([card.correct_button, card.incorrect_button], width="100%", grid_gap="4px")
         card.widget = widgets.VBox([card.picture, label, buttons, card.status],
-                                   layout=Layout(flex="1 1 150px", max_width="230px", align_items="center"))
+                                   layout=_layout(flex="1 1 150px", max_width="230px", align_items="center"))
         card.widget.add_class("smilekit-face")
 
     def _card_picture(self, card: FaceCard) -> bytes:
@@ -139,8 +160,8 @@ class SmileApp:
     def _render_photo(self, photo: Photo) -> None:
         prediction = photo.prediction
         picture = widgets.Image(value=render.boxed_photo(prediction.image, [f.box for f in prediction.faces]), format="jpeg",
-                                layout=Layout(width="auto", max_width="100%", height="auto"))
-        picture_box = widgets.Box([picture], layout=Layout(flex="0 1 auto", max_width="560px", margin="0 16px 8px 0"))
+                                layout=_layout(width="auto", max_width="100%", height="auto"))
+        picture_box = widgets.Box([picture], layout=_layout(flex="0 1 auto", max_width="560px", margin="0 16px 8px 0"))
         for face in prediction.faces:
             card = FaceCard(face, render.face_thumbnail(prediction.image, face.box) if face.detected else render.crop_thumbnail(face.crop))
             photo.cards.append(card)
@@ -150,17 +171,17 @@ class SmileApp:
             count = len(photo.cards)
             title = f"<b>{html.escape(photo.name)}</b>: {count} face{'s' if count != 1 else ''} found"
         else:
-            whole = widgets.Button(description="Classify the whole picture as one face", layout=Layout(width="auto", max_width="100%"))
+            whole = widgets.Button(description="Classify the whole picture as one face", layout=_layout(width="auto", max_width="100%"))
             whole.add_class("smilekit-whole")
             photo_idx = self.photos.index(photo)
             whole.on_click(lambda _: self._safely(self.classify_whole, photo_idx))
             side = widgets.VBox([widgets.HTML("No face was found in this photo. If it shows one face, the whole picture can be checked."),
-                                 whole], layout=Layout(flex="1 1 300px"))
+                                 whole], layout=_layout(flex="1 1 300px"))
             side.add_class("smilekit-noface")
             title = f"<b>{html.escape(photo.name)}</b>: no face found"
         photo.body = _row_wrap([picture_box, side], width="100%")
         if photo.panel is None:
-            photo.panel = widgets.VBox([widgets.HTML(title), photo.body], layout=Layout(width="100%"))
+            photo.panel = widgets.VBox([widgets.HTML(title), photo.body], layout=_layout(width="100%"))
             photo.panel.add_class("smilekit-photo")
         else:
             photo.panel.children = [widgets.HTML(title), photo.body]
@@ -181,6 +202,7 @@ class SmileApp:
                 log.exception("could not process upload %r", name)
                 self.show_error(f"{name}: something went wrong while checking this photo. Please try another one.")
         self.busy.value = ""
+        _return_freed_memory()
         return added
 
     def _add_photo(self, name: str, data: bytes) -> int:
@@ -188,10 +210,12 @@ class SmileApp:
             raise ImageError("No smile model is loaded, so photos cannot be checked.")
         if len(data) > MAX_FILE_BYTES:
             raise ImageError(f"This file is {len(data) / 2**20:.1f} MB; the limit is {MAX_FILE_BYTES >> 20} MB per photo.")
+        start = time.perf_counter()
         prediction = self.predictor.predict(bytes(data))
         photo = Photo(name, photo_hash(data), prediction)
         self.photos.append(photo)
         self._render_photo(photo)
+        log.info("photo %s: %d face(s) in %.2f s", photo.sha256[:12], len(prediction.faces), time.perf_counter() - start)
         if photo.cards:
             photo.prediction = PhotoPrediction(None, prediction.faces, prediction.model_version)  # free the pixels
         self.gallery.children = (photo.panel, *self.gallery.children)  # newest first
@@ -282,3 +306,13 @@ class SmileApp:
             log.exception("app start-up: %s", message)
             self.show_error(message)
             return None
+
+
+def _return_freed_memory() -> None:
+    """Hand the decoded photos' freed heap back to the system (glibc keeps it otherwise)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        pass
