@@ -30,7 +30,7 @@ def dev_model(request, tmp_path_factory) -> Path:
         data_root = request.getfixturevalue("shared_data")  # skips when the face data is absent
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("SMILEKIT_CACHE", str(tmp_path_factory.getbasetemp() / "tiny-model-cache"))
-            train(TrainConfig(data_root=str(data_root), epochs=1, limit=200, out=str(path)))
+            train(TrainConfig(data_root=str(data_root), epochs=1, limit=120, out=str(path)))
     return path
 
 
