@@ -147,3 +147,59 @@ def metrics_html(stats: dict, model_version: str | None, last: int = 100) -> str
         f"<tr><th>Not smiling</th><td>{tn}</td><td>{fp}</td></tr>"
         f"<tr><th>Smiling</th><td>{fn}</td><td>{tp}</td></tr></table></div>"
     )
+
+
+#: runs in the browser: refuses files over the limits before they are sent. Above Voilà's websocket
+#: limit (voila.json) an upload would drop the kernel connection silently and the page would stop
+#: answering. ipywidgets' FileUpload reads ``files`` of a detached <input type=file>, so the check
+#: wraps that getter; refused selections read as empty and a message appears in the page.
+_UPLOAD_GUARD_JS = """
+(function () {
+  var limits = {PER_FILE}, total = {TOTAL};
+  if (window.smilekitUploadLimits) { window.smilekitUploadLimits = [limits, total]; return; }
+  window.smilekitUploadLimits = [limits, total];
+  var original = Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, 'files');
+  function mb(n) { return (n / 1048576).toFixed(1) + ' MB'; }
+  function say(text) {
+    document.querySelectorAll('.smilekit-guard .widget-html-content').forEach(function (box) {
+      box.textContent = '';
+      if (!text) { return; }
+      var div = document.createElement('div');
+      div.className = 'smilekit-error';
+      div.textContent = text;
+      box.appendChild(div);
+    });
+  }
+  Object.defineProperty(HTMLInputElement.prototype, 'files', {
+    configurable: true, enumerable: original.enumerable, set: original.set,
+    get: function () {
+      var files = original.get.call(this);
+      if (this.type !== 'file' || this.isConnected || !files || !files.length) { return files; }
+      var perFile = window.smilekitUploadLimits[0], all = window.smilekitUploadLimits[1], sum = 0, big = [];
+      for (var i = 0; i < files.length; i++) {
+        sum += files[i].size;
+        if (files[i].size > perFile) { big.push(files[i].name + ' (' + mb(files[i].size) + ')'); }
+      }
+      if (big.length) {
+        say(big.join(', ') + ': over the limit of ' + mb(perFile) + ' per photo. Please pick a smaller photo.');
+        return [];
+      }
+      if (sum > all) {
+        say('These photos add up to ' + mb(sum) + '; upload at most ' + mb(all) + ' at a time.');
+        return [];
+      }
+      say('');
+      return files;
+    }
+  });
+})();
+"""
+
+
+def upload_guard_html(per_file: int, total: int) -> str:
+    """An HTML snippet that installs the browser-side size check (see ``_UPLOAD_GUARD_JS``)."""
+    import base64
+
+    code = _UPLOAD_GUARD_JS.replace("{PER_FILE}", str(int(per_file))).replace("{TOTAL}", str(int(total)))
+    encoded = base64.b64encode(code.encode()).decode()
+    return f'<img alt="" style="display:none" src="data:image/gif;base64," onerror="new Function(atob(\'{encoded}\'))()">'

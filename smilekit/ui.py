@@ -26,8 +26,10 @@ from .feedback import FeedbackStore, photo_hash
 from .images import ImageError
 from .predict import FacePrediction, PhotoPrediction, Predictor
 
-#: the app's own limit per photo (Voilà's websocket is raised to 100 MiB per upload in voila.json)
+#: the app's own limit per photo
 MAX_FILE_BYTES = 50 * 1024 * 1024
+#: all photos picked at once travel in one websocket message; voila.json allows 100 MiB
+MAX_UPLOAD_BYTES = 95 * 1024 * 1024
 
 #: torch threads per app kernel: one face needs ~3 ms on one thread, while two threads on a busy
 #: 2-core server wait on each other for ~300 ms; each browser session has its own kernel anyway
@@ -117,9 +119,11 @@ class SmileApp:
         self.saliency_box.add_class("smilekit-saliency")
         self.saliency_box.observe(lambda change: self._safely(self.set_saliency, change["new"]), names="value")
         hint = widgets.HTML(f"<span class='smilekit-note'>JPEG, PNG, WebP, GIF, BMP or TIFF, up to {MAX_FILE_BYTES >> 20} MB each "
-                            "(100 MB per upload). Photos are never stored; with the first box ticked, the 64×64 grey face crops "
+                            f"({MAX_UPLOAD_BYTES >> 20} MB per upload). Photos are never stored; with the first box ticked, the 64×64 grey face crops "
                             "you give feedback on are kept for retraining.</span>")
         self.busy = widgets.HTML("")
+        guard = widgets.HTML(render.upload_guard_html(MAX_FILE_BYTES, MAX_UPLOAD_BYTES))
+        guard.add_class("smilekit-guard")  # the browser writes its size refusals here
         self.messages = widgets.VBox([])
         self.gallery = widgets.VBox([])
         self.metrics = widgets.HTML("")
@@ -129,7 +133,7 @@ class SmileApp:
         controls = _row_wrap([self.upload, self.busy], grid_gap="8px", align_items="center")
         options = _row_wrap([self.consent_box, self.saliency_box], grid_gap="4px 24px")
         metrics_panel = widgets.VBox([self.metrics, refresh], layout=_layout(margin="16px 0 0 0"))
-        self.widget = widgets.VBox([widgets.HTML(render.CSS), controls, hint, options, self.messages, self.gallery, metrics_panel],
+        self.widget = widgets.VBox([widgets.HTML(render.CSS), controls, hint, guard, options, self.messages, self.gallery, metrics_panel],
                                    layout=_layout(width="100%"))
         self.widget.add_class("smilekit-app")
 
@@ -203,6 +207,7 @@ class SmileApp:
                 self.show_error(f"{name}: something went wrong while checking this photo. Please try another one.")
         self.busy.value = ""
         _return_freed_memory()
+        self.refresh_metrics()  # other sessions' feedback since the last look
         return added
 
     def _add_photo(self, name: str, data: bytes) -> int:

@@ -39,7 +39,9 @@ def files(tmp_path_factory, celeba_dir) -> dict[str, Path]:
     """A one-face photo, a four-face collage, a file that is not an image, and a 15 MB one-face photo."""
     folder = tmp_path_factory.mktemp("uploads")
     out = {"face": celeba_dir / "img" / "0.jpg", "collage": folder / "group.jpg",
-           "not_image": folder / "holiday.jpg", "big": folder / "big.png"}
+           "not_image": folder / "holiday.jpg", "big": folder / "big.png", "too_big": folder / "panorama.jpg"}
+    with out["too_big"].open("wb") as f:  # 60 MB, over the 50 MB limit (sparse: costs no disk)
+        f.truncate(60 * 2**20)
     out["collage"].write_bytes(make_collage(celeba_dir))
     out["not_image"].write_text("this is a text file, not a photo")
     # the face enlarged to 7 MP with sensor-like noise, so PNG cannot shrink it
@@ -172,6 +174,14 @@ def test_upload_label_and_feedback_desktop(browser, server, files, screenshots):
     assert "Traceback" not in page.inner_text("body")
     _upload(page, [files["face"]])
     expect(cards).to_have_count(2 + len(COLLAGE_IDS))
+    expect(error).to_have_count(0)
+
+    # over the size limit: refused in the browser with a message, and the connection survives
+    _upload(page, [files["too_big"]])
+    expect(error).to_contain_text("panorama.jpg")
+    expect(error).to_contain_text("over the limit of 50.0 MB")
+    _upload(page, [files["collage"]])
+    expect(cards).to_have_count(2 + 2 * len(COLLAGE_IDS))
     expect(error).to_have_count(0)
     page.screenshot(path=str(screenshots / "app-1280.png"), full_page=True)
     page.close()

@@ -107,6 +107,8 @@ def errors(app) -> list[str]:
 
 def test_widget_has_stable_classes(app):
     assert "smilekit-upload" in app.upload._dom_classes
+    guard = [w for w in app.widget.children if "smilekit-guard" in w._dom_classes]
+    assert len(guard) == 1 and "onerror" in guard[0].value  # the browser-side size check
     assert "smilekit-metrics" in app.metrics._dom_classes
     assert "Feedback given: <b>0</b>" in app.metrics.value
 
