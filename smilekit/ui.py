@@ -163,7 +163,8 @@ class SmileApp:
 
     def _render_photo(self, photo: Photo) -> None:
         prediction = photo.prediction
-        picture = widgets.Image(value=render.boxed_photo(prediction.image, [f.box for f in prediction.faces]), format="jpeg",
+        boxes = [f.box for f in prediction.faces if f.detected]  # a whole-picture face needs no box
+        picture = widgets.Image(value=render.boxed_photo(prediction.image, boxes), format="jpeg",
                                 layout=_layout(width="auto", max_width="100%", height="auto"))
         picture_box = widgets.Box([picture], layout=_layout(flex="0 1 auto", max_width="560px", margin="0 16px 8px 0"))
         for face in prediction.faces:
@@ -173,7 +174,8 @@ class SmileApp:
         if photo.cards:
             side = _row_wrap([c.widget for c in photo.cards], flex="1 1 300px")
             count = len(photo.cards)
-            title = f"<b>{html.escape(photo.name)}</b>: {count} face{'s' if count != 1 else ''} found"
+            found = f"{count} face{'s' if count != 1 else ''} found" if boxes else "checked as one face"
+            title = f"<b>{html.escape(photo.name)}</b>: {found}"
         else:
             whole = widgets.Button(description="Classify the whole picture as one face", layout=_layout(width="auto", max_width="100%"))
             whole.add_class("smilekit-whole")

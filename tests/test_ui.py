@@ -269,6 +269,7 @@ def test_no_face_offers_the_whole_picture(app, store):
     (card,) = photo.cards
     assert card.face.detected is False
     assert "Whole picture" in card_text(card)
+    assert "checked as one face" in photo.panel.children[0].value
     app.give_feedback(0, 0, False)
     (row,) = store.rows()
     assert row["verdict"] == "incorrect"
