@@ -39,6 +39,13 @@ def postgres_server():
         pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
     pytest.importorskip("psycopg2")
     bindir = Path(PG_BIN[-1])
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run the PostgreSQL server as")
     home = Path(tempfile.mkdtemp(prefix="smilekit-pg-"))
     if os.geteuid() == 0:
         shutil.chown(home, "postgres", "postgres")
@@ -168,6 +175,14 @@ def test_withdrawing_consent_removes_the_crop(store):
     _record(store, crop=None)
     assert store.rows()[0]["crop_png"] is None
     assert store.consented_crops() == []
+
+
+def test_forget_crops_of_one_session(store):
+    _record(store, session="s1", face=0, crop=_crop_png())
+    _record(store, session="s1", face=1, crop=_crop_png())
+    _record(store, session="s2", face=0, crop=_crop_png())
+    assert store.forget_crops("s1") == 2
+    assert [(r["session_id"], r["crop_png"] is None) for r in store.rows()] == [("s1", True), ("s1", True), ("s2", False)]
 
 
 def test_stats_empty(store):
