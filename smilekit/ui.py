@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import ipywidgets as widgets
 import torch
 from ipywidgets import Layout
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import render
 from .feedback import FeedbackStore, photo_hash
@@ -101,7 +102,7 @@ class SmileApp:
         self.predictor = predictor or self._guarded(Predictor, "No smile model could be loaded, so photos cannot be checked.")
         self.store = store or self._guarded(FeedbackStore, "The feedback database is not reachable; verdicts cannot be saved.")
         self.upload.disabled = self.predictor is None
-        self.refresh_metrics()
+        self._safely(self.refresh_metrics)
 
     # -- building the page -------------------------------------------------------
 
@@ -300,10 +301,13 @@ class SmileApp:
         """Run a callback; on failure show a plain message and log the traceback."""
         try:
             return action(*args)
-        except Exception:  # noqa: BLE001 - nothing may reach the page as a traceback
+        except Exception as err:  # noqa: BLE001 - nothing may reach the page as a traceback
             log.exception("%s failed", getattr(action, "__name__", action))
             self.busy.value = ""
-            self.show_error("Something went wrong. Please try again.")
+            if isinstance(err, SQLAlchemyError):
+                self.show_error("The feedback database did not answer, so this was not saved. Please try again in a moment.")
+            else:
+                self.show_error("Something went wrong. Please try again.")
             return None
 
     def _guarded(self, factory, message: str):

@@ -301,6 +301,21 @@ def test_callback_errors_become_messages(app, face_jpeg, monkeypatch, capsys):
     assert "on fire" not in capsys.readouterr().out
 
 
+def test_database_outage_is_explained(app, face_jpeg, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    app.handle_upload([("face.jpg", face_jpeg)])
+
+    def down(**_):
+        raise OperationalError("INSERT ...", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(app.store, "record", down)
+    app.photos[0].cards[0].incorrect_button.click()
+    (error,) = errors(app)
+    assert "database" in error and "not saved" in error and "refused" not in error
+    assert "Saved" not in app.photos[0].cards[0].status.value
+
+
 def test_app_without_a_model_explains(monkeypatch, store, tmp_path):
     monkeypatch.setenv("SMILEKIT_MODEL", str(tmp_path / "missing.pt"))
     app = ui.SmileApp(store=store)
