@@ -173,7 +173,9 @@ def main() -> None:
     rows.append(("kernel memory (RSS, largest kernel)", memory, "MB", 300.0))
     rows.append(("  of which its own (USS, not shared)", unique, "MB", 300.0))
 
-    print(f"\n{'measure':<44} {'median':>10} {'target':>10}  ok")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\n{psutil.cpu_count()} CPUs, load average {load} (other work slows every figure but memory)")
+    print(f"{'measure':<44} {'median':>10} {'target':>10}  ok")
     for name, value, unit, target in rows:
         print(f"{name:<44} {value:>7.2f} {unit:<2} {target:>7.2f} {unit:<2} {'yes' if value <= target else 'NO'}")
 
