@@ -29,6 +29,8 @@ from .predict import FacePrediction, PhotoPrediction, Predictor
 
 #: the app's own limit per photo
 MAX_FILE_BYTES = 50 * 1024 * 1024
+#: photos kept on the page; older ones leave it (their verdicts stay in the database)
+MAX_PHOTOS_SHOWN = 40
 #: all photos picked at once travel in one websocket message; voila.json allows 100 MiB
 MAX_UPLOAD_BYTES = 95 * 1024 * 1024
 
@@ -227,7 +229,17 @@ class SmileApp:
         if photo.cards:
             photo.prediction = PhotoPrediction(None, prediction.faces, prediction.model_version)  # free the pixels
         self.gallery.children = (photo.panel, *self.gallery.children)  # newest first
+        self._drop_old_photos()
         return len(self.photos) - 1
+
+    def _drop_old_photos(self) -> None:
+        """Keep the page (and the kernel's memory) bounded: only the newest photos stay on screen."""
+        for old in self.photos[:-MAX_PHOTOS_SHOWN]:
+            if old.panel is not None:
+                _close_tree(old.panel)
+                old.panel, old.body, old.cards = None, None, []
+                old.prediction = PhotoPrediction(None, [], old.prediction.model_version)
+        self.gallery.children = [p.panel for p in reversed(self.photos) if p.panel is not None]
 
     def classify_whole(self, photo_idx: int) -> FacePrediction:
         """Treat a photo in which no face was found as one face."""
@@ -317,6 +329,13 @@ class SmileApp:
             log.exception("app start-up: %s", message)
             self.show_error(message)
             return None
+
+
+def _close_tree(widget: widgets.Widget) -> None:
+    """Close a widget and everything inside it (their shared layouts stay)."""
+    for child in getattr(widget, "children", ()):
+        _close_tree(child)
+    widget.close()
 
 
 def _return_freed_memory() -> None:

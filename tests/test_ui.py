@@ -275,6 +275,19 @@ def test_no_face_offers_the_whole_picture(app, store):
     assert row["verdict"] == "incorrect"
 
 
+def test_only_the_newest_photos_stay_on_the_page(app, store, face_jpeg, collage_jpeg, monkeypatch):
+    monkeypatch.setattr(ui, "MAX_PHOTOS_SHOWN", 2)
+    app.handle_upload([("first.jpg", face_jpeg)])
+    first_card = app.photos[0].cards[0].widget
+    app.give_feedback(0, 0, True)
+    app.handle_upload([("second.jpg", collage_jpeg), ("third.jpg", face_jpeg)])
+    assert [p.panel for p in app.photos[1:]][::-1] == list(app.gallery.children)
+    assert app.photos[0].panel is None and first_card.comm is None  # closed: nothing left in the kernel
+    assert len(store.rows()) == 1  # its verdict stays
+    app.give_feedback(1, 0, False)  # photos still shown take feedback as before
+    assert len(store.rows()) == 2
+
+
 def test_saliency_toggle(app, face_jpeg):
     app.handle_upload([("face.jpg", face_jpeg)])
     card = app.photos[0].cards[0]
