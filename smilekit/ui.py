@@ -192,8 +192,11 @@ class SmileApp:
         if photo.panel is None:
             photo.panel = widgets.VBox([widgets.HTML(title), photo.body], layout=_layout(width="100%"))
             photo.panel.add_class("smilekit-photo")
-        else:
+        else:  # re-rendered (whole picture checked): replace and close the old content
+            old = photo.panel.children
             photo.panel.children = [widgets.HTML(title), photo.body]
+            for widget in old:
+                _close_tree(widget)
 
     # -- user actions --------------------------------------------------------------
 
