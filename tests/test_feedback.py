@@ -244,3 +244,26 @@ def test_concurrent_sessions_lose_nothing(db_url):
         assert r["verdict"] == ("correct" if r["face_index"] % 2 == 0 else "incorrect")
         assert r["crop_png"] is None
     assert all(r["verdict"] in ("correct", "incorrect") for r in shared)
+
+
+def test_one_store_shared_by_threads(store):
+    """One store (one engine and pool) used from several threads at once."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(6)
+
+    def worker(n: int) -> None:
+        try:
+            barrier.wait()
+            for face in range(20):
+                _record(store, session=f"t{n}", face=face, correct=bool(face % 3))
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(store.rows()) == 6 * 20
+    assert store.stats()["count"] == 6 * 20
