@@ -9,7 +9,6 @@ upload -> labels <= 0.5 s, click -> saved <= 0.15 s, kernel memory <= 300 MB.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import signal
 import socket

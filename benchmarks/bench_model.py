@@ -19,11 +19,11 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
-from smilekit import data, metrics
+from smilekit import data
+from smilekit.evaluate import evaluate_photos
 from smilekit.model import SHIPPED_MODEL
 from smilekit.predict import Predictor
 
@@ -31,17 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def score(predictor: Predictor, samples) -> dict:
-    labels = np.array([s.smiling for s in samples])
-    probs, status = predictor.score_samples(samples, progress=True)
-    found = status == "face"
-    probs = np.where(found, probs, 1.0 - labels)  # no face found: counted as wrong
-    out = metrics.summary(labels, probs)
-    out["faces_found"] = float(found.mean())
-    out["ece"] = metrics.reliability(labels[found], probs[found])["ece"]
-    groups = [s.male for s in samples]
-    if None not in groups:
-        by_group = metrics.per_group_accuracy(labels, probs, groups)
-        out["acc_male"], out["acc_not_male"] = by_group[1]["accuracy"], by_group[0]["accuracy"]
+    out = evaluate_photos(predictor, samples, progress=True)
+    if "accuracy_by_male" in out:
+        out["acc_male"], out["acc_not_male"] = out["accuracy_by_male"][1], out["accuracy_by_male"][0]
         out["male_gap_points"] = abs(out["acc_male"] - out["acc_not_male"]) * 100
     return out
 

@@ -5,7 +5,6 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
 from .images import ImageError
 
@@ -38,29 +37,13 @@ def cmd_predict(args) -> int:
     return 1 if failures else 0
 
 
-def evaluate_folder(predictor, folder, crops: bool = False, progress: bool = True) -> dict:
-    """Figures for a ``smiling/`` + ``not_smiling/`` folder; photos without a detected face count as wrong."""
-    import numpy as np
-
-    from . import metrics
-    from .data import load_folder
-
-    samples = load_folder(folder, is_crop=crops)
-    probs, status = predictor.score_samples(samples, progress=progress)
-    readable = status != "unreadable"
-    labels = np.array([s.smiling for s in samples])[readable]
-    probs = np.where(status[readable] == "face", probs[readable], 1.0 - labels)  # no face: wrong, fully confident
-    result = metrics.summary(labels, probs)
-    result.update(no_face=int((status == "no_face").sum()), unreadable=int((~readable).sum()), model_version=predictor.version)
-    return result
-
-
 def cmd_evaluate(args) -> int:
-    try:
-        result = evaluate_folder(_predictor(args.model), args.folder, crops=args.crops, progress=not args.json)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    """Figures for a ``smiling/`` + ``not_smiling/`` folder; photos without a detected face count as wrong."""
+    from .data import load_folder
+    from .evaluate import evaluate_photos
+
+    samples = load_folder(args.folder, is_crop=args.crops)  # a wrong layout is reported before the model loads
+    result = evaluate_photos(_predictor(args.model), samples, progress=not args.json)
     if args.json:
         print(json.dumps({k: result[k] for k in ("n", "accuracy", "balanced_accuracy", "roc_auc", "no_face")}))
     else:

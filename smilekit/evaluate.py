@@ -146,3 +146,26 @@ def write_json(path, payload: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=_json_default))
     return path
+
+
+def evaluate_photos(predictor, samples, progress: bool = False) -> dict:
+    """Figures through the app's own path (photo -> faces -> crop -> model) for labelled samples.
+
+    A photo where no face is found counts as wrong (the opposite label, fully
+    confident); unreadable files are counted and left out. Adds the share of
+    photos with a face, the calibration error, and accuracy per ``male`` group
+    where the samples have it.
+    """
+    probs, status = predictor.score_samples(samples, progress=progress)
+    readable, found = status != "unreadable", status == "face"
+    labels = np.array([s.smiling for s in samples])
+    probs = np.where(found, probs, 1.0 - labels)
+    result = metrics.summary(labels[readable], probs[readable])
+    result.update(no_face=int((status == "no_face").sum()), unreadable=int((~readable).sum()),
+                  faces_found=float(found[readable].mean()) if readable.any() else float("nan"),
+                  ece=metrics.reliability(labels[found], probs[found])["ece"], model_version=predictor.version)
+    groups = np.array([s.male for s in samples], dtype=object)
+    if readable.any() and not any(g is None for g in groups[readable]):
+        by_group = metrics.per_group_accuracy(labels[readable], probs[readable], groups[readable].astype(int))
+        result["accuracy_by_male"] = {int(g): v["accuracy"] for g, v in by_group.items()}
+    return result

@@ -1,7 +1,6 @@
 """The app as a person uses it: Voilà started like scripts/serve, driven in headless Chromium."""
 from __future__ import annotations
 
-import io
 import os
 import signal
 import socket

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 
@@ -107,8 +106,6 @@ def test_evaluate_notebook_writes_metrics_and_figures(trained, tmp_path, shared_
 @pytest.fixture
 def feedback_db(trained, tmp_path, celeba_dir):
     """A SQLite feedback database filled through FeedbackStore with real faces the model classified."""
-    from PIL import Image
-
     from smilekit.data import load_celeba_subset, select
     from smilekit.feedback import FeedbackStore, photo_hash
     from smilekit.predict import Predictor
