@@ -68,13 +68,14 @@ def test_binder_requirements_match_pyproject():
     assert _as_dict((ROOT / "binder" / "requirements.txt").read_text().splitlines()) == expected()
 
 
-def test_root_requirements_match_pyproject_if_present():
-    path = ROOT / "requirements.txt"
-    if not path.is_file():
-        pytest.skip("no requirements.txt at the project root")
-    listed = _as_dict(path.read_text().splitlines())
-    assert {k: v for k, v in expected().items() if k in listed} == listed
-    assert set(_as_dict(_pyproject()["dependencies"])) <= set(listed)
+def test_readme_setup_installs_the_pyproject_set():
+    """The README's commands run scripts/setup, which installs exactly pyproject.toml's pins (no list of its own)."""
+    readme = (ROOT / "README.md").read_text()
+    assert "scripts/setup && scripts/serve" in readme and "scripts/setup --test && scripts/test" in readme
+    setup = (ROOT / "scripts" / "setup").read_text()
+    assert re.search(r'quiet_pip -e "\.\$extras"', setup) and "pip install -q \"$@\"" in setup
+    assert 'extras="[test]"' in setup and "test" in _pyproject()["optional-dependencies"]
+    assert not re.search(r"(pip install|quiet_pip)[^\n]*==", setup), "scripts/setup must not pin packages of its own"
 
 
 def test_python_versions_agree():
