@@ -32,8 +32,8 @@ CROP_SHIFT_Y = 0.084
 #: dlib HOG box -> Haar box: size ratio and centre shift (in HOG sides), measured on CelebA
 HOG_TO_HAAR_SIZE = 1.11
 HOG_TO_HAAR_SHIFT_Y = -0.083
-#: photos are detected at most this many pixels on their long side
-DETECT_MAX_SIDE = 800
+#: photos are detected at most this many pixels on their long side (a 1 MP photo: ~70 ms instead of ~130 ms at 800)
+DETECT_MAX_SIDE = 640
 #: a lenient last-resort detection counts only if it is this large (fraction of the short side)
 LAST_RESORT_MIN_FRACTION = 0.25
 
