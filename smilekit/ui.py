@@ -135,8 +135,9 @@ class SmileApp:
         refresh.on_click(lambda _: self._safely(self.refresh_metrics))
         controls = _row_wrap([self.upload, self.busy], grid_gap="8px", align_items="center")
         options = _row_wrap([self.consent_box, self.saliency_box], grid_gap="4px 24px")
-        metrics_panel = widgets.VBox([self.metrics, refresh], layout=_layout(margin="16px 0 0 0"))
-        self.widget = widgets.VBox([widgets.HTML(render.CSS), controls, hint, guard, options, self.messages, self.gallery, metrics_panel],
+        metrics_panel = widgets.VBox([self.metrics, refresh], layout=_layout(margin="8px 0 16px 0"))
+        # the live panel sits above the photos, so it stays in view as feedback comes in
+        self.widget = widgets.VBox([widgets.HTML(render.CSS), controls, hint, guard, options, self.messages, metrics_panel, self.gallery],
                                    layout=_layout(width="100%"))
         self.widget.add_class("smilekit-app")
 
