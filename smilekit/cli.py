@@ -85,16 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="checkpoint file (default: promoted or shipped model)")
     p.set_defaults(run=cmd_evaluate)
 
+    from .model import ARCHITECTURES
+    from .train import TrainConfig
+
+    defaults = TrainConfig()  # one source for the defaults of the CLI, the notebook and the code
     p = sub.add_parser("train", help="train a model on face data")
     p.add_argument("--data-root", help="folder with smilesmiled/ and celeba-subset/ (default $SMILEKIT_DATA)")
-    p.add_argument("--datasets", nargs="+", default=["smilesmiled", "celeba-subset"])
-    p.add_argument("--arch", default="smilenet", choices=["smilenet", "seedcnn"])
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--datasets", nargs="+", default=list(defaults.datasets))
+    p.add_argument("--arch", default=defaults.arch, choices=sorted(ARCHITECTURES))
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--limit", type=int, help="at most this many images per dataset and split")
-    p.add_argument("--out", default="outputs/model.pt")
+    p.add_argument("--out", default=defaults.out)
     p.add_argument("--resume", action="store_true", help="continue from OUT's .last.pt")
     p.set_defaults(run=cmd_train)
     return parser

@@ -83,3 +83,17 @@ def test_evaluate_missing_layout_is_a_clear_error(tmp_path, capsys):
 def test_missing_model_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["predict", "x.jpg", "--model", str(tmp_path / "none.pt")]) == 2
     assert "No model checkpoint" in capsys.readouterr().err
+
+
+def test_train_command_writes_a_checkpoint(shared_data, tmp_path):
+    out = tmp_path / "cli-model.pt"
+    code = cli.main(["train", "--data-root", str(shared_data), "--epochs", "1", "--limit", "40", "--batch-size", "32",
+                     "--datasets", "smilesmiled", "--out", str(out)])
+    assert code == 0 and out.is_file() and out.with_suffix(".json").is_file()
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["config"]["datasets"] == ["smilesmiled"] and report["test"]["smilesmiled"]["n"] == 40
+
+
+def test_train_command_bad_data_root_is_a_clear_error(tmp_path, capsys):
+    assert cli.main(["train", "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
