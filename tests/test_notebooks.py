@@ -149,6 +149,11 @@ def test_feedback_notebook_fine_tunes_and_honours_the_promote_decision(feedback_
         assert len(promoted) == 1 and load_checkpoint(promoted[0])[1]["version"] == result["candidate_version"]
         monkeypatch.setenv("SMILEKIT_MODELS_DIR", str(models))
         assert default_model_path() == promoted[0]
+        from smilekit.feedback import FeedbackStore
+        from smilekit.ui import SmileApp
+
+        app = SmileApp(store=FeedbackStore(url))  # the app picks the promoted version with no code change
+        assert app.predictor.version == result["candidate_version"]
     else:
         assert promoted == []
     for name in ("agreement", "feedback-confusion", "consented-crops"):
