@@ -17,11 +17,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import faces
+from .faces import CONTEXT  # crops are cached with this much context around the model crop, for augmentation
 from .model import INPUT_SIZE
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-#: crops are cached with this much context around the model crop, for augmentation
-CONTEXT = 1.25
 CONTEXT_SIZE = int(round(INPUT_SIZE * CONTEXT))
 DATASETS = ("smilesmiled", "celeba-subset", "celeba", "folder")
 

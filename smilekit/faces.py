@@ -29,6 +29,10 @@ from PIL import Image
 CROP_SCALE = 0.77
 #: downward shift of the crop centre, in Haar box sides
 CROP_SHIFT_Y = 0.084
+#: crops are cut with this much context around the model crop (training augments inside it); the model
+#: crop is then the centre. Cutting the model crop directly resamples differently and costs 0.8 points of
+#: CelebA test accuracy (measured), so prediction cuts exactly as training does: see model_crop.
+CONTEXT = 1.25
 #: dlib HOG box -> Haar box: size ratio and centre shift (in HOG sides), measured on CelebA
 HOG_TO_HAAR_SIZE = 1.11
 HOG_TO_HAAR_SHIFT_Y = -0.083
@@ -166,6 +170,14 @@ def cut_face(image: Image.Image, face: Box, size: int, context: float = 1.0) -> 
         left += pads[1][0]
     crop = arr[top : top + side_px, left : left + side_px]
     return Image.fromarray(np.ascontiguousarray(crop)).resize((size, size), Image.BILINEAR)
+
+
+def model_crop(image: Image.Image, face: Box, size: int) -> Image.Image:
+    """The model's input for ``face``: cut with :data:`CONTEXT` like the training crops, then the centre."""
+    context_size = int(round(size * CONTEXT))
+    big = cut_face(image, face, context_size, CONTEXT)
+    offset = (context_size - size) // 2
+    return big.crop((offset, offset, offset + size, offset + size))
 
 
 def whole_image_box(image: Image.Image) -> Box:

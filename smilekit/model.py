@@ -129,6 +129,16 @@ def load_checkpoint(path) -> tuple[nn.Module, dict]:
     return model, meta
 
 
+def fuse_for_inference(model: nn.Module) -> nn.Module:
+    """The same network with each BatchNorm folded into its convolution (about 10 % faster on CPU)."""
+    import warnings
+
+    with warnings.catch_warnings():  # torch.fx's import warns about torch.jit deprecations
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torch.fx.experimental import optimization
+    return optimization.fuse(model.eval()) if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) else model
+
+
 def default_model_path() -> Path:
     """The model the app and CLI use.
 
@@ -142,7 +152,7 @@ def default_model_path() -> Path:
     return promoted[-1] if promoted else SHIPPED_MODEL
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def logits_of(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> np.ndarray:
     """Raw logits for N x 1 x 64 x 64 inputs in [0, 1], in eval mode."""
     model.eval()

@@ -1,6 +1,7 @@
 """Photo in, faces out: detect every face, cut its crop, and say whether it smiles."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from PIL import Image
 
 from . import faces
 from .images import ImageError, load_image
-from .model import INPUT_SIZE, crops_to_tensor, default_model_path, load_checkpoint, logits_of, probabilities
+from .model import INPUT_SIZE, crops_to_tensor, default_model_path, fuse_for_inference, load_checkpoint, logits_of, probabilities
 
 
 @dataclass
@@ -52,13 +53,14 @@ class Predictor:
 
     def __init__(self, model_path=None):
         self.model_path = Path(model_path) if model_path else default_model_path()
-        self.model, self.meta = load_checkpoint(self.model_path)
+        self.model, self.meta = load_checkpoint(self.model_path)  # kept as trained: saliency needs its gradients
+        self.fast_model = fuse_for_inference(copy.deepcopy(self.model))
         self.temperature = float(self.meta.get("temperature", 1.0))
         self.version = self.meta["version"]
 
     def predict_proba(self, crops) -> np.ndarray:
         """Probability of smiling for 64x64 greyscale crops (PIL images or uint8 arrays)."""
-        return probabilities(logits_of(self.model, crops_to_tensor(crops)), self.temperature)
+        return probabilities(logits_of(self.fast_model, crops_to_tensor(crops)), self.temperature)
 
     def predict(self, source, whole_image: bool = False) -> PhotoPrediction:
         """Every face in a photo (bytes, path or PIL image).
@@ -73,7 +75,7 @@ class Predictor:
             boxes, detected = [faces.face_in_crop(gray)], False
         else:
             boxes, detected = faces.detect_faces(gray), True
-        crops = [faces.cut_face(gray, box, INPUT_SIZE) for box in boxes]
+        crops = [faces.model_crop(gray, box, INPUT_SIZE) for box in boxes]
         probs = self.predict_proba(crops) if crops else []
         found = [FacePrediction(i, b, float(p), c, detected) for i, (b, p, c) in enumerate(zip(boxes, probs, crops))]
         return PhotoPrediction(image, found, self.version)

@@ -63,3 +63,14 @@ def test_face_in_crop_falls_back_to_measured_geometry():
     box = faces.face_in_crop(blank)
     cx, cy, side = faces.crop_box(box)
     assert abs(cx - 32) < 2 and abs(cy - 32) < 2 and abs(side - 64) < 3
+
+
+def test_model_crop_is_the_centre_of_the_training_context_crop(celeba_dir):
+    """Prediction must cut exactly what training cuts (the context crop, then its centre)."""
+    from smilekit.data import CONTEXT_SIZE
+
+    photo = Image.open(celeba_dir / "img/0.jpg").convert("L")
+    box = faces.detect_faces(photo)[0]
+    training = np.asarray(faces.cut_face(photo, box, CONTEXT_SIZE, faces.CONTEXT))
+    offset = (CONTEXT_SIZE - 64) // 2
+    assert np.array_equal(np.asarray(faces.model_crop(photo, box, 64)), training[offset:offset + 64, offset:offset + 64])

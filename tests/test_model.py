@@ -72,3 +72,16 @@ def test_shipped_model_is_small_and_loads():
     net, meta = M.load_checkpoint(M.SHIPPED_MODEL)
     assert meta["metrics"]["test"]["smilesmiled"]["accuracy"] > 0.9
     assert 0.2 < meta["temperature"] < 5
+
+
+def test_fused_inference_model_gives_the_same_logits():
+    net = M.build_model("smilenet").eval()
+    with torch.no_grad():
+        for m in net.modules():  # non-trivial batch-norm statistics
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(4, 1, 64, 64)
+    fused = M.fuse_for_inference(__import__("copy").deepcopy(net))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert np.allclose(M.logits_of(net, x), M.logits_of(fused, x), atol=1e-4)
