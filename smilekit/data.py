@@ -135,7 +135,7 @@ def face_box(sample: Sample, image: Image.Image) -> tuple[faces.Box, bool]:
 
 
 def _cache_key(samples: list[Sample], context: float) -> str:
-    digest = hashlib.sha256(f"v1 {context} {faces.CROP_SCALE} {faces.CROP_SHIFT_Y}".encode())
+    digest = hashlib.sha256(f"v2 {context} {faces.DETECT_MAX_SIDE} {faces.CROP_SCALE} {faces.CROP_SHIFT_Y}".encode())
     for s in samples:
         digest.update(f"{s.path}|{s.is_crop}\n".encode())
     return digest.hexdigest()[:16]
