@@ -131,7 +131,7 @@ class SmileApp:
         self.gallery = widgets.VBox([])
         self.metrics = widgets.HTML("")
         self.metrics.add_class("smilekit-metrics")
-        refresh = widgets.Button(description="Refresh", icon="refresh", layout=_layout(width="auto"))
+        refresh = widgets.Button(description="Refresh", icon="refresh", layout=_layout(width="auto", align_self="flex-start"))
         refresh.on_click(lambda _: self._safely(self.refresh_metrics))
         controls = _row_wrap([self.upload, self.busy], grid_gap="8px", align_items="center")
         options = _row_wrap([self.consent_box, self.saliency_box], grid_gap="4px 24px")
