@@ -58,11 +58,7 @@ def cmd_train(args) -> int:
     config = TrainConfig(data_root=args.data_root, datasets=tuple(args.datasets), arch=args.arch, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, seed=args.seed, out=args.out, limit=args.limit,
                          resume=args.resume)
-    try:
-        report = train(config)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    report = train(config)  # a missing data folder is reported by main()
     print(json.dumps({"version": report["version"], "test": report["test"]}, indent=2))
     return 0
 
@@ -85,13 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="checkpoint file (default: promoted or shipped model)")
     p.set_defaults(run=cmd_evaluate)
 
+    from .data import LOADERS
     from .model import ARCHITECTURES
     from .train import TrainConfig
 
     defaults = TrainConfig()  # one source for the defaults of the CLI, the notebook and the code
     p = sub.add_parser("train", help="train a model on face data")
     p.add_argument("--data-root", help="folder with smilesmiled/ and celeba-subset/ (default $SMILEKIT_DATA)")
-    p.add_argument("--datasets", nargs="+", default=list(defaults.datasets))
+    p.add_argument("--datasets", nargs="+", default=list(defaults.datasets), choices=sorted(LOADERS))
     p.add_argument("--arch", default=defaults.arch, choices=sorted(ARCHITECTURES))
     p.add_argument("--epochs", type=int, default=defaults.epochs)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)

@@ -22,7 +22,6 @@ from .model import INPUT_SIZE
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 CONTEXT_SIZE = int(round(INPUT_SIZE * CONTEXT))
-DATASETS = ("smilesmiled", "celeba-subset", "celeba", "folder")
 
 
 @dataclass(frozen=True)
@@ -100,15 +99,16 @@ def load_folder(folder, is_crop: bool = False) -> list[Sample]:
     return samples
 
 
+#: datasets known by name, each read from the folder of that name under the data root
+LOADERS = {"smilesmiled": load_smilesmiled, "celeba-subset": load_celeba_subset, "celeba": load_celeba}
+
+
 def load_dataset(name: str, root=None) -> list[Sample]:
     """Load a dataset by name from its usual folder under the data root."""
     base = data_root(root)
-    loaders = {"smilesmiled": (load_smilesmiled, "smilesmiled"), "celeba-subset": (load_celeba_subset, "celeba-subset"),
-               "celeba": (load_celeba, "celeba")}
-    if name not in loaders:
-        raise ValueError(f"Unknown dataset {name!r}; choose one of {sorted(loaders)} (or use load_folder)")
-    loader, sub = loaders[name]
-    return loader(base / sub)
+    if name not in LOADERS:
+        raise ValueError(f"Unknown dataset {name!r}; choose one of {sorted(LOADERS)} (or use load_folder)")
+    return LOADERS[name](base / name)
 
 
 def select(samples: list[Sample], split: str | None = None, limit: int | None = None) -> list[Sample]:

@@ -7,7 +7,6 @@ baseline comparison table and the worst mistakes are read.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 
 from . import data as data_mod
 from . import metrics
-from .model import load_checkpoint, logits_of, probabilities
+from .model import load_checkpoint, logits_of, probabilities, promoted_models_dir
 from .train import _json_default, center
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -30,8 +29,8 @@ def project_path(path) -> Path:
 
 
 def models_dir(path=None) -> Path:
-    """Where promoted models live: ``path``, else ``$SMILEKIT_MODELS_DIR``, else ``outputs/models`` (as the app reads)."""
-    return project_path(path or os.environ.get("SMILEKIT_MODELS_DIR") or "outputs/models")
+    """Where promoted models go: ``path``, else the folder the app reads (:func:`model.promoted_models_dir`)."""
+    return project_path(path) if path else promoted_models_dir()
 
 
 @dataclass

@@ -139,6 +139,12 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
     return optimization.fuse(model.eval()) if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) else model
 
 
+def promoted_models_dir() -> Path:
+    """Where promoted models live: ``$SMILEKIT_MODELS_DIR`` (relative to the project root), else ``outputs/models``."""
+    folder = Path(os.environ.get("SMILEKIT_MODELS_DIR") or "outputs/models").expanduser()
+    return folder if folder.is_absolute() else Path(__file__).resolve().parent.parent / folder
+
+
 def default_model_path() -> Path:
     """The model the app and CLI use.
 
@@ -147,8 +153,8 @@ def default_model_path() -> Path:
     """
     if os.environ.get("SMILEKIT_MODEL"):
         return Path(os.environ["SMILEKIT_MODEL"])
-    models_dir = Path(os.environ.get("SMILEKIT_MODELS_DIR", Path(__file__).resolve().parent.parent / "outputs" / "models"))
-    promoted = sorted(models_dir.glob("*.pt"), key=lambda p: p.stat().st_mtime) if models_dir.is_dir() else []
+    folder = promoted_models_dir()
+    promoted = sorted(folder.glob("*.pt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
     return promoted[-1] if promoted else SHIPPED_MODEL
 
 

@@ -97,3 +97,9 @@ def test_train_command_writes_a_checkpoint(shared_data, tmp_path):
 def test_train_command_bad_data_root_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["train", "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_train_command_refuses_an_unknown_dataset(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--datasets", "imagenet"])
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err

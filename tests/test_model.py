@@ -85,3 +85,13 @@ def test_fused_inference_model_gives_the_same_logits():
     fused = M.fuse_for_inference(__import__("copy").deepcopy(net))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     assert np.allclose(M.logits_of(net, x), M.logits_of(fused, x), atol=1e-4)
+
+
+def test_promotion_folder_is_the_folder_the_app_reads(monkeypatch):
+    from smilekit import evaluate
+
+    monkeypatch.setenv("SMILEKIT_MODELS_DIR", "somewhere/models")
+    expected = M.SHIPPED_MODEL.parent.parent.parent / "somewhere" / "models"
+    assert M.promoted_models_dir() == evaluate.models_dir() == expected
+    monkeypatch.delenv("SMILEKIT_MODELS_DIR")
+    assert evaluate.models_dir() == M.promoted_models_dir() == expected.parent.parent / "outputs" / "models"
