@@ -48,10 +48,9 @@ def fine_tune(base, pairs, out, data_root=None, datasets=("smilesmiled", "celeba
     splits, so the model learns from them without forgetting; a small learning
     rate keeps it close to ``base``. Writes ``out`` (and its ``.json``); returns train's report.
     """
-    _, meta = load_checkpoint(base)
-    extra = feedback_arrays(pairs, repeat)
+    extra = feedback_arrays(pairs, repeat)  # the architecture comes from ``base`` (init_from)
     config = TrainConfig(data_root=None if data_root is None else str(data_root), datasets=tuple(datasets),
-                         arch=meta["arch"], epochs=epochs, lr=lr, seed=seed, out=str(out), limit=limit,
+                         epochs=epochs, lr=lr, seed=seed, out=str(out), limit=limit,
                          patience=epochs, extra_train=[extra] if len(extra[1]) else [], init_from=str(base))
     return train(config, progress=progress)
 

@@ -96,3 +96,12 @@ def test_fine_tune_on_real_faces_changes_the_model(shared_data, tmp_path):
     assert report["config"]["init_from"] == str(base)
     _, meta = load_checkpoint(tmp_path / "tuned.pt")
     assert meta["version"] == report["version"] != load_checkpoint(base)[1]["version"]
+
+
+def test_fine_tune_keeps_the_base_architecture_and_its_settings(shared_data, tmp_path):
+    base = tmp_path / "narrow.pt"
+    save_checkpoint(base, SmileNet(width=8), "smilenet", {"width": 8})
+    retrain.fine_tune(base, [], tmp_path / "tuned.pt", shared_data, datasets=("smilesmiled",), epochs=1, limit=20, progress=False)
+    model, meta = load_checkpoint(tmp_path / "tuned.pt")
+    assert meta["arch"] == "smilenet" and meta["arch_kwargs"] == {"width": 8}
+    assert model.head[-1].in_features == 64  # 8 * 2**3 channels, as in the base
