@@ -19,13 +19,12 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 from smilekit import data
 from smilekit.evaluate import evaluate_photos
-from smilekit.model import SHIPPED_MODEL
 from smilekit.predict import Predictor
+from smilekit.runtime import SHIPPED_MODEL, set_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,13 +50,13 @@ def _median_ms(action, repeat: int) -> float:
 def latency(predictor: Predictor, photo: Image.Image) -> dict:
     """Median CPU times: one face with 1 thread (as each app kernel runs) and 2 threads (the CLI), and a 1 MP photo."""
     crop = predictor.predict(photo).faces[0].crop
-    out = {}
+    out = {"runtime": predictor.runtime}
     for threads in (1, 2):
-        torch.set_num_threads(threads)
+        set_threads(threads)
         out[f"classify_one_face_ms_{threads}t"] = _median_ms(lambda: predictor.predict_proba([crop]), 300)
-    torch.set_num_threads(1)
+    set_threads(1)
     out["detect_classify_1mp_ms"] = _median_ms(lambda: predictor.predict(photo), 20)
-    torch.set_num_threads(2)
+    set_threads(2)
     return out
 
 
@@ -118,7 +117,7 @@ def main() -> None:
         print(f"| {label} | " + " | ".join(f"{results[n][group][key]:.2f}" if key.endswith(("_ms", "_1t", "_2t", "points"))
                                             else f"{results[n][group][key]:.4f}" for n in names) + " |")
     print(f"\ntest sets: SMILEsmileD n={len(test_sets['smilesmiled'])}, CelebA subset n={len(test_sets['celeba-subset'])}; "
-          f"versions: " + ", ".join(f"{n}={results[n]['version']}" for n in names))
+          f"versions: " + ", ".join(f"{n}={results[n]['version']} ({results[n]['latency']['runtime']})" for n in names))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

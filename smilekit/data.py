@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from . import faces
 from .faces import CONTEXT  # crops are cached with this much context around the model crop, for augmentation
-from .model import INPUT_SIZE
+from .runtime import INPUT_SIZE
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 CONTEXT_SIZE = int(round(INPUT_SIZE * CONTEXT))
@@ -137,7 +137,7 @@ def face_box(sample: Sample, image: Image.Image) -> tuple[faces.Box, bool]:
 def _cache_key(samples: list[Sample], context: float) -> str:
     digest = hashlib.sha256(f"v2 {context} {faces.DETECT_MAX_SIDE} {faces.CROP_SCALE} {faces.CROP_SHIFT_Y}".encode())
     for s in samples:
-        digest.update(f"{s.path}|{s.is_crop}\n".encode())
+        digest.update(f"{Path(s.path).resolve()}|{s.is_crop}\n".encode())
     return digest.hexdigest()[:16]
 
 

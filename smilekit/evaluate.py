@@ -15,7 +15,8 @@ import torch
 
 from . import data as data_mod
 from . import metrics
-from .model import load_checkpoint, logits_of, probabilities, promoted_models_dir
+from .model import load_checkpoint, logits_of
+from .runtime import probabilities, promoted_models_dir
 from .train import _json_default, center
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -2,23 +2,22 @@
 
 A checkpoint holds the weights and everything needed to rebuild and feed the
 model (architecture, input size, preprocessing, labels, temperature, data and
-metrics), so loading never guesses.
+metrics), so loading never guesses. Saving one also writes its ONNX export,
+which the app runs without torch (:mod:`smilekit.runtime`).
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
-INPUT_SIZE = 64
-LABELS = ("not_smiling", "smiling")
-PREPROCESSING = "face crop (smilekit.faces geometry), greyscale, 64x64 bilinear, [0,1]; per-image standardisation inside the model"
-SHIPPED_MODEL = Path(__file__).parent / "weights" / "smilenet.pt"
+from .runtime import INPUT_SIZE, LABELS, PREPROCESSING, crops_to_array, export_paths, file_sha256
 
 
 def _standardize(x: torch.Tensor) -> torch.Tensor:
@@ -43,22 +42,25 @@ class SeedCNN(nn.Module):
         return self.head(self.features(_standardize(x))).squeeze(1)
 
 
-def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+def _conv_bn(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
 class SmileNet(nn.Module):
-    """Our network: four VGG-style stages of two 3x3 conv+BatchNorm, global pooling, dropout.
+    """Our network: a strided 3x3 stem, four VGG-style stages of two 3x3 conv+BatchNorm, global pooling, dropout.
 
-    About 50 MFLOPs per 64x64 face: under 2 ms per face on a laptop CPU.
+    The stride-2 stem works at 32x32 from the first layer, which buys 1.5x the
+    width of a full-resolution stem for less compute: about 35 MFLOPs, 0.66 M
+    parameters, under 2 ms per face on one CPU core (``benchmarks/bench_model.py``).
     """
 
-    def __init__(self, width: int = 16, dropout: float = 0.3):
+    def __init__(self, width: int = 24, stem_stride: int = 2, dropout: float = 0.3):
         super().__init__()
+        self.arch_kwargs = {"width": width, "stem_stride": stem_stride, "dropout": dropout}
         layers, cin = [], 1
         for stage in range(4):
             cout = width * 2**stage
-            layers += _conv_bn(cin, cout) + _conv_bn(cout, cout)
+            layers += _conv_bn(cin, cout, stride=stem_stride if stage == 0 else 1) + _conv_bn(cout, cout)
             if stage < 3:
                 layers.append(nn.MaxPool2d(2))
             cin = cout
@@ -80,10 +82,7 @@ def build_model(arch: str, **kwargs) -> nn.Module:
 
 def crops_to_tensor(crops) -> torch.Tensor:
     """Greyscale 64x64 crops (PIL images or uint8 arrays) -> float tensor N x 1 x 64 x 64 in [0, 1]."""
-    arrays = [np.asarray(c.convert("L") if isinstance(c, Image.Image) else c, dtype=np.uint8) for c in crops]
-    if not arrays:
-        return torch.zeros(0, 1, INPUT_SIZE, INPUT_SIZE)
-    return torch.from_numpy(np.stack(arrays)).float().div_(255).unsqueeze(1)
+    return torch.from_numpy(crops_to_array(crops))
 
 
 def model_version(model: nn.Module, arch: str) -> str:
@@ -98,7 +97,7 @@ def save_checkpoint(path, model: nn.Module, arch: str, arch_kwargs=None, **metad
     """Write weights + metadata; returns the checkpoint dict. ``metadata`` may set temperature, data, metrics, ..."""
     checkpoint = {
         "arch": arch,
-        "arch_kwargs": dict(arch_kwargs or {}),
+        "arch_kwargs": dict(arch_kwargs if arch_kwargs is not None else getattr(model, "arch_kwargs", {})),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "input_size": INPUT_SIZE,
         "preprocessing": PREPROCESSING,
@@ -113,7 +112,27 @@ def save_checkpoint(path, model: nn.Module, arch: str, arch_kwargs=None, **metad
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(checkpoint, tmp)
     os.replace(tmp, path)  # never leave a half-written model behind
+    export_onnx(model, path, {k: v for k, v in checkpoint.items() if k != "state_dict"})
     return checkpoint
+
+
+def export_onnx(model: nn.Module, checkpoint_path, meta: dict) -> Path:
+    """Write the network (BatchNorm folded, standardisation left to the caller) as ONNX beside its checkpoint.
+
+    The metadata file records the checkpoint's sha256, so an export is never used
+    for a checkpoint written after it.
+    """
+    onnx_path, meta_path = export_paths(checkpoint_path)
+    network = fuse_for_inference(nn.Sequential(model.features, model.head).eval())
+    tmp = onnx_path.with_suffix(".onnx.tmp")
+    with warnings.catch_warnings():  # the TorchScript-based exporter announces its deprecation
+        warnings.simplefilter("ignore")
+        torch.onnx.export(network, (torch.zeros(1, 1, INPUT_SIZE, INPUT_SIZE),), str(tmp), dynamo=False,
+                          input_names=["face"], output_names=["logit"], dynamic_axes={"face": {0: "n"}, "logit": {0: "n"}})
+    os.replace(tmp, onnx_path)
+    meta = dict(meta, checkpoint_sha256=file_sha256(checkpoint_path), onnx_input="standardised 64x64 greyscale, N x 1 x 64 x 64")
+    meta_path.write_text(json.dumps(meta, indent=1, default=float))
+    return onnx_path
 
 
 def load_checkpoint(path) -> tuple[nn.Module, dict]:
@@ -131,31 +150,10 @@ def load_checkpoint(path) -> tuple[nn.Module, dict]:
 
 def fuse_for_inference(model: nn.Module) -> nn.Module:
     """The same network with each BatchNorm folded into its convolution (about 10 % faster on CPU)."""
-    import warnings
-
     with warnings.catch_warnings():  # torch.fx's import warns about torch.jit deprecations
         warnings.simplefilter("ignore", DeprecationWarning)
         from torch.fx.experimental import optimization
     return optimization.fuse(model.eval()) if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) else model
-
-
-def promoted_models_dir() -> Path:
-    """Where promoted models live: ``$SMILEKIT_MODELS_DIR`` (relative to the project root), else ``outputs/models``."""
-    folder = Path(os.environ.get("SMILEKIT_MODELS_DIR") or "outputs/models").expanduser()
-    return folder if folder.is_absolute() else Path(__file__).resolve().parent.parent / folder
-
-
-def default_model_path() -> Path:
-    """The model the app and CLI use.
-
-    ``SMILEKIT_MODEL`` (a checkpoint file) wins; else the newest promoted model in
-    ``SMILEKIT_MODELS_DIR`` (default ``outputs/models``); else the shipped model.
-    """
-    if os.environ.get("SMILEKIT_MODEL"):
-        return Path(os.environ["SMILEKIT_MODEL"])
-    folder = promoted_models_dir()
-    promoted = sorted(folder.glob("*.pt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
-    return promoted[-1] if promoted else SHIPPED_MODEL
 
 
 @torch.inference_mode()
@@ -164,8 +162,3 @@ def logits_of(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> 
     model.eval()
     out = [model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
-
-
-def probabilities(logits, temperature: float = 1.0) -> np.ndarray:
-    """Calibrated probability of 'smiling' from logits."""
-    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64) / temperature))

@@ -1,17 +1,15 @@
 """Photo in, faces out: detect every face, cut its crop, and say whether it smiles."""
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from . import faces
 from .images import ImageError, load_image
-from .model import INPUT_SIZE, crops_to_tensor, default_model_path, fuse_for_inference, load_checkpoint, logits_of, probabilities
+from .runtime import INPUT_SIZE, ExportedModel, crops_to_array, default_model_path, probabilities
 
 
 @dataclass
@@ -49,18 +47,35 @@ class PhotoPrediction:
 
 
 class Predictor:
-    """Loads a checkpoint once and classifies photos or crops (scikit-learn style ``predict_proba``)."""
+    """Loads a model once and classifies photos or crops (scikit-learn style ``predict_proba``).
+
+    Runs the checkpoint's ONNX export when there is one (no torch needed), else
+    the torch checkpoint itself; torch is loaded only for :meth:`saliency`.
+    """
 
     def __init__(self, model_path=None):
         self.model_path = Path(model_path) if model_path else default_model_path()
-        self.model, self.meta = load_checkpoint(self.model_path)  # kept as trained: saliency needs its gradients
-        self.fast_model = fuse_for_inference(copy.deepcopy(self.model))
+        if not self.model_path.is_file():
+            raise FileNotFoundError(f"No model checkpoint at {self.model_path}")
+        exported = ExportedModel.of_checkpoint(self.model_path)
+        if exported is not None:
+            self.meta, self._logits = exported.meta, exported.logits
+        else:
+            import torch
+
+            from .model import fuse_for_inference, load_checkpoint, logits_of
+
+            model, self.meta = load_checkpoint(self.model_path)
+            fast_model = fuse_for_inference(model)  # a folded copy; ``model`` keeps its gradients for saliency
+            self._logits = lambda x: logits_of(fast_model, torch.from_numpy(x))
+        self.runtime = "onnx" if exported is not None else "torch"
         self.temperature = float(self.meta.get("temperature", 1.0))
         self.version = self.meta["version"]
+        self._torch_model = None  # loaded on first saliency request
 
     def predict_proba(self, crops) -> np.ndarray:
         """Probability of smiling for 64x64 greyscale crops (PIL images or uint8 arrays)."""
-        return probabilities(logits_of(self.fast_model, crops_to_tensor(crops)), self.temperature)
+        return probabilities(self._logits(crops_to_array(crops)), self.temperature)
 
     def predict(self, source, whole_image: bool = False) -> PhotoPrediction:
         """Every face in a photo (bytes, path or PIL image).
@@ -104,9 +119,14 @@ class Predictor:
 
     def saliency(self, crop: Image.Image) -> np.ndarray:
         """Where the model looked: |d logit / d pixel|, smoothed, scaled to [0, 1] (64 x 64)."""
+        import torch
+
+        from .model import crops_to_tensor, load_checkpoint
+
+        if self._torch_model is None:
+            self._torch_model = load_checkpoint(self.model_path)[0]
         x = crops_to_tensor([crop]).requires_grad_(True)
-        self.model.eval()
-        self.model(x).sum().backward()
+        self._torch_model(x).sum().backward()
         grad = x.grad.abs()[0, 0]
         grad = torch.nn.functional.avg_pool2d(grad[None, None], 5, stride=1, padding=2)[0, 0]
         return (grad / grad.max().clamp_min(1e-12)).numpy()

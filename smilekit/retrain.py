@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image
 
 from .data import CONTEXT_SIZE
-from .model import INPUT_SIZE, load_checkpoint
+from .model import load_checkpoint
+from .runtime import INPUT_SIZE, export_paths
 from .train import TrainConfig, train
 
 #: a new model is refused if any test split's accuracy drops by more than this (0.5 point)
@@ -75,11 +76,14 @@ def should_promote(before: dict[str, dict], after: dict[str, dict], max_drop: fl
 
 
 def promote(checkpoint, models_dir) -> Path:
-    """Copy ``checkpoint`` into ``models_dir`` as ``<UTC time>-<version>.pt`` (newest file = current model)."""
+    """Copy ``checkpoint`` and its ONNX export into ``models_dir`` as ``<UTC time>-<version>.pt`` (newest = current)."""
     _, meta = load_checkpoint(checkpoint)
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     target = models_dir / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{meta['version']}.pt"
+    for source, copy in zip(export_paths(checkpoint), export_paths(target)):  # before the .pt the app looks for
+        if source.is_file():
+            shutil.copyfile(source, copy)
     tmp = target.with_suffix(".pt.tmp")
     shutil.copyfile(checkpoint, tmp)  # a fresh mtime: the app picks the newest file
     tmp.replace(target)

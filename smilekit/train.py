@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from . import data as data_mod
 from . import metrics
-from .model import INPUT_SIZE, build_model, load_checkpoint, logits_of, probabilities, save_checkpoint
+from .model import build_model, load_checkpoint, logits_of, save_checkpoint
+from .runtime import INPUT_SIZE, probabilities
 
 
 @dataclass
@@ -28,14 +29,16 @@ class TrainConfig:
     data_root: str | None = None  # folder holding smilesmiled/, celeba-subset/ ... (default $SMILEKIT_DATA)
     datasets: tuple = ("smilesmiled", "celeba-subset")
     arch: str = "smilenet"
-    epochs: int = 30
+    arch_kwargs: dict = field(default_factory=dict)  # e.g. {"width": 32}; defaults are the architecture's own
+    epochs: int = 50
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 5e-4
     seed: int = 0
     out: str = "outputs/model.pt"
     limit: int | None = None  # at most this many images per dataset and split (quick runs)
-    patience: int = 8  # stop after this many epochs without a better validation score
+    patience: int = 12  # stop after this many epochs without a better validation score
+    ema_decay: float = 0.998  # validation, early stopping and the saved weights use this moving average of the weights
     resume: bool = False
     extra_train: list = field(default_factory=list)  # (uint8 context crops, labels) pairs, e.g. from feedback
     init_from: str | None = None  # start from this checkpoint's weights (fine-tuning)
@@ -89,16 +92,39 @@ def augment(crops: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
-def balanced_weights(labels: np.ndarray, sources: np.ndarray) -> np.ndarray:
-    """Sampling weights giving each class half of every source's draws (each source keeps its share)."""
+def balanced_weights(labels: np.ndarray, sources: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    """Sampling weights giving every (group, class) cell of a source an equal share of its draws.
+
+    Each source keeps its share of the draws; ``groups`` (e.g. CelebA's ``male``,
+    None where unknown) stops the model learning one group's smile rate as a prior.
+    """
+    groups = np.array([None] * len(labels), dtype=object) if groups is None else np.asarray(groups, dtype=object)
     weights = np.zeros(len(labels))
     for source in np.unique(sources):
         in_source = sources == source
-        for label in (0, 1):
-            mask = in_source & (labels == label)
-            if mask.any():
-                weights[mask] = in_source.sum() / 2 / mask.sum()
+        cells = {(g, label) for g, label in zip(groups[in_source], labels[in_source])}
+        for group, label in cells:
+            mask = in_source & (labels == label) & np.array([g == group for g in groups])
+            weights[mask] = in_source.sum() / len(cells) / mask.sum()
     return weights / weights.sum()
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights and BatchNorm statistics (smoother, usually better)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay, self.updates = decay, 0
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))  # short runs follow the model closely
+        for key, value in model.state_dict().items():
+            if value.is_floating_point():
+                self.state[key].lerp_(value, 1 - decay)
+            else:
+                self.state[key].copy_(value)
 
 
 def load_split_crops(config: TrainConfig, split: str, progress=True) -> dict:
@@ -134,25 +160,30 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     crops = [c for c, _, _ in train_sets.values()] + [c for c, _ in config.extra_train]
     labels = np.concatenate([l for _, l, _ in train_sets.values()] + [np.asarray(l) for _, l in config.extra_train])
     sources = np.concatenate([[n] * len(l) for n, (_, l, _) in train_sets.items()] + [["feedback"] * len(l) for _, l in config.extra_train])
+    groups = np.array([s.male for _, _, samples in train_sets.values() for s in samples]
+                      + [None] * sum(len(l) for _, l in config.extra_train), dtype=object)
     size = max(c.shape[-1] for c in crops)
     crops = np.concatenate([c if c.shape[-1] == size else _resize(c, size) for c in crops])
     crops_t, labels_t = torch.from_numpy(crops), torch.from_numpy(labels).float()
-    weights = torch.from_numpy(balanced_weights(labels, sources))
+    weights = torch.from_numpy(balanced_weights(labels, sources, groups))
 
     # model and optimiser
     if config.init_from:  # fine-tuning: the checkpoint's own architecture and weights
         model, base_meta = load_checkpoint(config.init_from)
         arch, arch_kwargs = base_meta["arch"], base_meta.get("arch_kwargs", {})
     else:
-        arch, arch_kwargs = config.arch, {}
-        model = build_model(arch)
+        model = build_model(config.arch, **config.arch_kwargs)
+        arch, arch_kwargs = config.arch, getattr(model, "arch_kwargs", config.arch_kwargs)
+    averaged = build_model(arch, **arch_kwargs)  # holds the moving average for validation
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, len(labels) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.15)
     state = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "history": []}
+    ema = WeightAverage(model, config.ema_decay)
     if config.resume and last_path.is_file():
         saved = torch.load(last_path, map_location="cpu", weights_only=False)
         model.load_state_dict(saved["model"])
+        ema.state, ema.updates = saved["ema"], saved["ema_updates"]
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = saved["state"]
@@ -175,11 +206,13 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
             loss.backward()
             optimizer.step()
             scheduler.step()
+            ema.update(model)
             total_loss += loss.item() * len(y)
             total_right += ((logits > 0).float() == y).sum().item()
             bar.set_postfix(loss=f"{total_loss / ((step + 1) * config.batch_size):.3f}")
         seen = steps_per_epoch * config.batch_size
-        val, _ = evaluate_sets(model, val_sets)
+        averaged.load_state_dict(ema.state)
+        val, _ = evaluate_sets(averaged, val_sets)
         score = float(np.mean([v["balanced_accuracy"] for v in val.values()]))
         state["history"].append({"epoch": epoch + 1, "train_loss": total_loss / seen, "train_accuracy": total_right / seen,
                                  "val": val, "val_score": score, "seconds": time.time() - started})
@@ -189,9 +222,9 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
         state["epoch"] = epoch + 1
         if score > state["best_score"]:
             state["best_score"], state["best_epoch"] = score, epoch + 1
-            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.clone() for k, v in ema.state.items()}
             torch.save({"model": best_state}, out.with_suffix(".best.pt"))
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        torch.save({"model": model.state_dict(), "ema": ema.state, "ema_updates": ema.updates, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "state": state}, last_path)
         if epoch + 1 - state["best_epoch"] >= config.patience:
             if progress:

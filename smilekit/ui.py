@@ -18,7 +18,6 @@ import uuid
 from dataclasses import dataclass, field
 
 import ipywidgets as widgets
-import torch
 from ipywidgets import Layout
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -26,6 +25,7 @@ from . import render
 from .feedback import FeedbackStore, photo_hash
 from .images import ImageError
 from .predict import FacePrediction, PhotoPrediction, Predictor
+from .runtime import set_threads
 
 #: the app's own limit per photo
 MAX_FILE_BYTES = 50 * 1024 * 1024
@@ -34,9 +34,9 @@ MAX_PHOTOS_SHOWN = 40
 #: all photos picked at once travel in one websocket message; voila.json allows 100 MiB
 MAX_UPLOAD_BYTES = 95 * 1024 * 1024
 
-#: torch threads per app kernel: one face needs ~3 ms on one thread, while two threads on a busy
+#: inference threads per app kernel: one face needs ~1 ms on one thread, while two threads on a busy
 #: 2-core server wait on each other for ~300 ms; each browser session has its own kernel anyway
-TORCH_THREADS = int(os.environ.get("SMILEKIT_TORCH_THREADS", "1"))
+INFERENCE_THREADS = int(os.environ.get("SMILEKIT_THREADS", "1"))
 
 log = logging.getLogger(__name__)
 if not log.handlers:  # the kernel's sys.stderr would print into the page
@@ -95,7 +95,7 @@ class SmileApp:
     """The whole app for one browser session."""
 
     def __init__(self, predictor: Predictor | None = None, store: FeedbackStore | None = None, session_id: str | None = None):
-        torch.set_num_threads(TORCH_THREADS)
+        set_threads(INFERENCE_THREADS)
         self.session_id = session_id or uuid.uuid4().hex
         self.photos: list[Photo] = []
         self.consent = False

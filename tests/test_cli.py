@@ -15,7 +15,7 @@ from test_faces import collage
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     """The shipped model (the CLI's default)."""
-    from smilekit.model import SHIPPED_MODEL
+    from smilekit.runtime import SHIPPED_MODEL
 
     if not SHIPPED_MODEL.is_file():
         pytest.fail("the shipped model smilekit/weights/smilenet.pt is missing")

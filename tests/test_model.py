@@ -5,6 +5,7 @@ import torch
 from PIL import Image
 
 from smilekit import model as M
+from smilekit.runtime import SHIPPED_MODEL
 
 
 @pytest.mark.parametrize("arch", sorted(M.ARCHITECTURES))
@@ -46,18 +47,6 @@ def test_version_changes_with_weights():
     assert M.model_version(net, "seedcnn") != before
 
 
-def test_default_model_prefers_env_then_newest_promoted(tmp_path, monkeypatch):
-    assert M.default_model_path() == M.SHIPPED_MODEL
-    monkeypatch.setenv("SMILEKIT_MODELS_DIR", str(tmp_path))
-    for i, name in enumerate(("a.pt", "b.pt")):
-        (tmp_path / name).write_bytes(b"x")
-        import os
-        os.utime(tmp_path / name, (1000 + i, 1000 + i))
-    assert M.default_model_path() == tmp_path / "b.pt"
-    monkeypatch.setenv("SMILEKIT_MODEL", str(tmp_path / "a.pt"))
-    assert M.default_model_path() == tmp_path / "a.pt"
-
-
 def test_unknown_architecture_and_missing_checkpoint():
     with pytest.raises(ValueError, match="Unknown architecture"):
         M.build_model("resnet9000")
@@ -66,10 +55,10 @@ def test_unknown_architecture_and_missing_checkpoint():
 
 
 def test_shipped_model_is_small_and_loads():
-    if not M.SHIPPED_MODEL.is_file():
+    if not SHIPPED_MODEL.is_file():
         pytest.fail("the shipped model smilekit/weights/smilenet.pt is missing")
-    assert M.SHIPPED_MODEL.stat().st_size < 5_000_000
-    net, meta = M.load_checkpoint(M.SHIPPED_MODEL)
+    assert SHIPPED_MODEL.stat().st_size < 5_000_000
+    net, meta = M.load_checkpoint(SHIPPED_MODEL)
     assert meta["metrics"]["test"]["smilesmiled"]["accuracy"] > 0.9
     assert 0.2 < meta["temperature"] < 5
 
@@ -85,13 +74,3 @@ def test_fused_inference_model_gives_the_same_logits():
     fused = M.fuse_for_inference(__import__("copy").deepcopy(net))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     assert np.allclose(M.logits_of(net, x), M.logits_of(fused, x), atol=1e-4)
-
-
-def test_promotion_folder_is_the_folder_the_app_reads(monkeypatch):
-    from smilekit import evaluate
-
-    monkeypatch.setenv("SMILEKIT_MODELS_DIR", "somewhere/models")
-    expected = M.SHIPPED_MODEL.parent.parent.parent / "somewhere" / "models"
-    assert M.promoted_models_dir() == evaluate.models_dir() == expected
-    monkeypatch.delenv("SMILEKIT_MODELS_DIR")
-    assert evaluate.models_dir() == M.promoted_models_dir() == expected.parent.parent / "outputs" / "models"

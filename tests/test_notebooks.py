@@ -128,7 +128,8 @@ def feedback_db(trained, tmp_path, celeba_dir):
 
 @pytest.mark.parametrize("max_drop", [1.0, -1.0], ids=["promoted", "refused"])
 def test_feedback_notebook_fine_tunes_and_honours_the_promote_decision(feedback_db, tmp_path, shared_data, max_drop, monkeypatch):
-    from smilekit.model import default_model_path, load_checkpoint
+    from smilekit.model import load_checkpoint
+    from smilekit.runtime import default_model_path
     from smilekit.retrain import should_promote
 
     url, checkpoint, version = feedback_db

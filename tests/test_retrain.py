@@ -12,7 +12,8 @@ from PIL import Image
 
 from smilekit import retrain
 from smilekit.data import CONTEXT_SIZE
-from smilekit.model import SmileNet, default_model_path, load_checkpoint, save_checkpoint
+from smilekit.model import SmileNet, load_checkpoint, save_checkpoint
+from smilekit.runtime import default_model_path
 from smilekit.train import center
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from smilekit import ui
 from smilekit.feedback import FeedbackStore, photo_hash
-from smilekit.model import SHIPPED_MODEL
+from smilekit.runtime import SHIPPED_MODEL
 from smilekit.predict import Predictor
 
 #: CelebA-subset photos whose single face the detector finds; a 2x2 collage of them has 4 faces

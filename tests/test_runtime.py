@@ -1,0 +1,93 @@
+"""Choosing the model, and running its ONNX export without torch."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from smilekit import model as M
+from smilekit import runtime as R
+from smilekit.predict import Predictor
+
+
+def _net_with_batchnorm_statistics(arch: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = M.build_model(arch).eval()
+    with torch.no_grad():
+        for m in net.modules():  # non-trivial statistics, so folding them matters
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+    return net
+
+
+@pytest.mark.parametrize("arch", sorted(M.ARCHITECTURES))
+def test_export_gives_the_torch_logits(tmp_path, arch):
+    net = _net_with_batchnorm_statistics(arch)
+    M.save_checkpoint(tmp_path / "m.pt", net, arch, temperature=1.5)
+    exported = R.ExportedModel.of_checkpoint(tmp_path / "m.pt")
+    assert exported is not None and exported.meta["temperature"] == 1.5 and exported.meta["arch"] == arch
+    x = np.random.default_rng(0).random((300, 1, 64, 64), dtype=np.float32)  # more than one batch of 256
+    np.testing.assert_allclose(exported.logits(x), M.logits_of(net, torch.from_numpy(x)), atol=1e-4)
+    assert exported.logits(x[:0]).shape == (0,)
+
+
+def test_predictor_runs_the_export_and_falls_back_to_torch_when_it_is_stale(tmp_path):
+    path = tmp_path / "m.pt"
+    M.save_checkpoint(path, _net_with_batchnorm_statistics("smilenet"), "smilenet", temperature=2.0)
+    crops = [np.random.default_rng(i).integers(0, 256, (64, 64), dtype=np.uint8) for i in range(3)]
+    fast = Predictor(path)
+    assert fast.runtime == "onnx"
+    # a checkpoint replaced by other weights without a new export must not be served by the old export
+    other = _net_with_batchnorm_statistics("smilenet")
+    with torch.no_grad():
+        other.head[-1].bias.add_(3.0)  # clearly different answers
+    torch.save(dict(torch.load(path, weights_only=True), state_dict=other.state_dict()), path)
+    assert R.ExportedModel.of_checkpoint(path) is None
+    fallback = Predictor(path)
+    assert fallback.runtime == "torch"
+    assert not np.allclose(fast.predict_proba(crops), fallback.predict_proba(crops), atol=1e-3)
+    M.save_checkpoint(path, other, "smilenet", temperature=2.0)
+    np.testing.assert_allclose(Predictor(path).predict_proba(crops), fallback.predict_proba(crops), atol=1e-5)
+
+
+def test_the_shipped_model_has_a_current_export():
+    if not R.SHIPPED_MODEL.is_file():
+        pytest.fail("the shipped model smilekit/weights/smilenet.pt is missing")
+    exported = R.ExportedModel.of_checkpoint(R.SHIPPED_MODEL)
+    assert exported is not None, "smilekit/weights/smilenet.onnx is missing or older than smilenet.pt: re-export it"
+    assert exported.meta["version"] == M.load_checkpoint(R.SHIPPED_MODEL)[1]["version"]
+
+
+def test_the_app_classifies_without_importing_torch():
+    code = ("import sys, numpy as np; from smilekit.ui import SmileApp; "
+            "app = SmileApp(); p = app.predictor.predict_proba([np.zeros((64, 64), np.uint8)]); "
+            "print(app.predictor.runtime, 'torch' in sys.modules, p.shape)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, SMILEKIT_DB_URL="sqlite://"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["onnx", "False", "(1,)"]
+
+
+def test_default_model_prefers_env_then_newest_promoted(tmp_path, monkeypatch):
+    assert R.default_model_path() == R.SHIPPED_MODEL
+    monkeypatch.setenv("SMILEKIT_MODELS_DIR", str(tmp_path))
+    for i, name in enumerate(("a.pt", "b.pt")):
+        (tmp_path / name).write_bytes(b"x")
+        os.utime(tmp_path / name, (1000 + i, 1000 + i))
+    assert R.default_model_path() == tmp_path / "b.pt"
+    monkeypatch.setenv("SMILEKIT_MODEL", str(tmp_path / "a.pt"))
+    assert R.default_model_path() == tmp_path / "a.pt"
+
+
+def test_promotion_folder_is_the_folder_the_app_reads(monkeypatch):
+    from smilekit import evaluate
+
+    monkeypatch.setenv("SMILEKIT_MODELS_DIR", "somewhere/models")
+    expected = R.SHIPPED_MODEL.parent.parent.parent / "somewhere" / "models"
+    assert R.promoted_models_dir() == evaluate.models_dir() == expected
+    monkeypatch.delenv("SMILEKIT_MODELS_DIR")
+    assert evaluate.models_dir() == R.promoted_models_dir() == expected.parent.parent / "outputs" / "models"
