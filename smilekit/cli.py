@@ -57,7 +57,7 @@ def cmd_train(args) -> int:
 
     config = TrainConfig(data_root=args.data_root, datasets=tuple(args.datasets), arch=args.arch, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, seed=args.seed, out=args.out, limit=args.limit,
-                         resume=args.resume)
+                         resume=args.resume, arch_kwargs={"width": args.width} if args.width else {})
     report = train(config)  # a missing data folder is reported by main()
     print(json.dumps({"version": report["version"], "test": report["test"]}, indent=2))
     return 0
@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="folder with smilesmiled/ and celeba-subset/ (default $SMILEKIT_DATA)")
     p.add_argument("--datasets", nargs="+", default=list(defaults.datasets), choices=sorted(LOADERS))
     p.add_argument("--arch", default=defaults.arch, choices=sorted(ARCHITECTURES))
+    p.add_argument("--width", type=int, help="SmileNet channels in its first stage (default 24)")
     p.add_argument("--epochs", type=int, default=defaults.epochs)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--lr", type=float, default=defaults.lr)

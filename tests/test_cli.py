@@ -86,10 +86,13 @@ def test_missing_model_is_a_clear_error(tmp_path, capsys):
 
 
 def test_train_command_writes_a_checkpoint(shared_data, tmp_path):
+    from smilekit.model import load_checkpoint
+
     out = tmp_path / "cli-model.pt"
     code = cli.main(["train", "--data-root", str(shared_data), "--epochs", "1", "--limit", "40", "--batch-size", "32",
-                     "--datasets", "smilesmiled", "--out", str(out)])
+                     "--datasets", "smilesmiled", "--width", "8", "--out", str(out)])
     assert code == 0 and out.is_file() and out.with_suffix(".json").is_file()
+    assert load_checkpoint(out)[1]["arch_kwargs"]["width"] == 8
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["config"]["datasets"] == ["smilesmiled"] and report["test"]["smilesmiled"]["n"] == 40
 

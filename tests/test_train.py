@@ -28,6 +28,17 @@ def test_balanced_weights_give_each_class_half_of_each_source():
             assert w[(sources == source) & (labels == label)].sum() == pytest.approx(share / 2)
 
 
+def test_balanced_weights_give_each_group_and_class_cell_an_equal_share():
+    labels = np.array([1, 1, 1, 0, 0, 1, 0, 0, 0, 1, 0])
+    groups = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, None, None], dtype=object)  # source "b" has no groups
+    sources = np.array(["a"] * 9 + ["b"] * 2)
+    w = balanced_weights(labels, sources, groups)
+    for group in (0, 1):
+        for label in (0, 1):
+            assert w[(sources == "a") & (groups == group) & (labels == label)].sum() == pytest.approx(9 / 11 / 4)
+    assert w[sources == "b"].sum() == pytest.approx(2 / 11) and w[9] == pytest.approx(w[10])
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, shared_data):
     out = tmp_path_factory.mktemp("train") / "model.pt"
