@@ -13,6 +13,7 @@ from PIL import Image
 from smilekit import retrain
 from smilekit.data import CONTEXT_SIZE
 from smilekit.model import SmileNet, load_checkpoint, save_checkpoint
+from smilekit.predict import Predictor
 from smilekit.runtime import default_model_path
 from smilekit.train import center
 
@@ -73,6 +74,7 @@ def test_promote_copies_with_a_fresh_name_that_the_app_picks(tmp_path, monkeypat
     assert not list(models.glob("*.tmp"))
     monkeypatch.setenv("SMILEKIT_MODELS_DIR", str(models))
     assert default_model_path() == second
+    assert Predictor().runtime == "onnx" and Predictor().version == meta["version"]  # its export came along
 
 
 def test_agreement_over_time_is_a_rolling_rate_oldest_first():
