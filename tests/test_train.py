@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from smilekit.model import load_checkpoint
-from smilekit.train import TrainConfig, augment, balanced_weights, center, train
+from smilekit.train import TrainConfig, WeightAverage, augment, balanced_weights, center, train
 
 
 def test_augment_and_center_shapes_and_range():
@@ -37,6 +37,23 @@ def test_balanced_weights_give_each_group_and_class_cell_an_equal_share():
         for label in (0, 1):
             assert w[(sources == "a") & (groups == group) & (labels == label)].sum() == pytest.approx(9 / 11 / 4)
     assert w[sources == "b"].sum() == pytest.approx(2 / 11) and w[9] == pytest.approx(w[10])
+
+
+def test_weight_average_follows_the_model_smoothly():
+    net = torch.nn.Linear(2, 1)
+    average = WeightAverage(net, decay=0.9)
+    start = net.weight.detach().clone()
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    average.update(net)  # the first updates follow closely: decay min(0.9, 2 / 11)
+    assert torch.allclose(average.state["weight"], start + 1 - 2 / 11)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    average.update(net)
+    assert (start + 1 < average.state["weight"]).all() and (average.state["weight"] < net.weight).all()
+    for _ in range(300):
+        average.update(net)
+    assert torch.allclose(average.state["weight"], net.weight, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
