@@ -30,7 +30,7 @@ def project_path(path) -> Path:
 
 
 def models_dir(path=None) -> Path:
-    """Where promoted models go: ``path``, else the folder the app reads (:func:`model.promoted_models_dir`)."""
+    """Where promoted models go: ``path``, else the folder the app reads (:func:`runtime.promoted_models_dir`)."""
     return project_path(path) if path else promoted_models_dir()
 
 

@@ -57,6 +57,7 @@ class Predictor:
         self.model_path = Path(model_path) if model_path else default_model_path()
         if not self.model_path.is_file():
             raise FileNotFoundError(f"No model checkpoint at {self.model_path}")
+        self._torch_model = None  # the checkpoint as trained, for saliency: loaded when first needed
         exported = ExportedModel.of_checkpoint(self.model_path)
         if exported is not None:
             self.meta, self._logits = exported.meta, exported.logits
@@ -65,13 +66,12 @@ class Predictor:
 
             from .model import fuse_for_inference, load_checkpoint, logits_of
 
-            model, self.meta = load_checkpoint(self.model_path)
-            fast_model = fuse_for_inference(model)  # a folded copy; ``model`` keeps its gradients for saliency
+            self._torch_model, self.meta = load_checkpoint(self.model_path)
+            fast_model = fuse_for_inference(self._torch_model)  # a folded copy; the original keeps its gradients
             self._logits = lambda x: logits_of(fast_model, torch.from_numpy(x))
         self.runtime = "onnx" if exported is not None else "torch"
         self.temperature = float(self.meta.get("temperature", 1.0))
         self.version = self.meta["version"]
-        self._torch_model = None  # loaded on first saliency request
 
     def predict_proba(self, crops) -> np.ndarray:
         """Probability of smiling for 64x64 greyscale crops (PIL images or uint8 arrays)."""

@@ -61,7 +61,7 @@ def crops_to_array(crops) -> np.ndarray:
 def standardize(x: np.ndarray) -> np.ndarray:
     """Per-image zero mean, unit variance, exactly as the torch models do it."""
     centred = x - x.mean(axis=(1, 2, 3), keepdims=True)
-    std = centred.std(axis=(1, 2, 3), keepdims=True, ddof=1) if x.shape[0] else 1.0
+    std = centred.std(axis=(1, 2, 3), keepdims=True, ddof=1)
     return (centred / np.maximum(std, 1e-3)).astype(np.float32)
 
 

@@ -102,9 +102,9 @@ def balanced_weights(labels: np.ndarray, sources: np.ndarray, groups: np.ndarray
     weights = np.zeros(len(labels))
     for source in np.unique(sources):
         in_source = sources == source
-        cells = {(g, label) for g, label in zip(groups[in_source], labels[in_source])}
+        cells = set(zip(groups[in_source], labels[in_source]))
         for group, label in cells:
-            mask = in_source & (labels == label) & np.array([g == group for g in groups])
+            mask = in_source & (labels == label) & (groups == group)
             weights[mask] = in_source.sum() / len(cells) / mask.sum()
     return weights / weights.sum()
 

@@ -79,3 +79,14 @@ def test_face_crops_are_cut_and_cached(smilesmiled_dir, celeba_dir, tmp_path):
     assert len(list(tmp_path.glob("crops-*.npz"))) == 1
     again, _ = data.face_crops(samples, cache_dir=tmp_path, progress=False)
     assert np.array_equal(crops, again)
+
+
+def test_crop_cache_is_shared_by_relative_and_absolute_data_roots(tmp_path, monkeypatch):
+    _write_folder(tmp_path / "faces", n=2)
+    monkeypatch.chdir(tmp_path)
+    relative = data.load_folder("faces", is_crop=True)
+    absolute = data.load_folder(tmp_path / "faces", is_crop=True)
+    assert not relative[0].path.is_absolute()
+    data.face_crops(relative, cache_dir=tmp_path / "cache", progress=False)
+    data.face_crops(absolute, cache_dir=tmp_path / "cache", progress=False)
+    assert len(list((tmp_path / "cache").glob("crops-*.npz"))) == 1  # the faces were cut once

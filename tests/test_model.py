@@ -39,6 +39,16 @@ def test_checkpoint_round_trip(tmp_path):
     assert meta["labels"] == ["not_smiling", "smiling"] and meta["input_size"] == 64
 
 
+def test_checkpoint_records_the_network_settings_it_was_built_with(tmp_path):
+    net = M.SmileNet(width=8, stem_stride=1).eval()
+    saved = M.save_checkpoint(tmp_path / "m.pt", net, "smilenet")  # no arch_kwargs given: taken from the network
+    assert saved["arch_kwargs"] == {"width": 8, "stem_stride": 1, "dropout": 0.3}
+    loaded, _ = M.load_checkpoint(tmp_path / "m.pt")
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(net(x), loaded(x))
+
+
 def test_version_changes_with_weights():
     net = M.build_model("seedcnn")
     before = M.model_version(net, "seedcnn")

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from smilekit import model as M
 from smilekit import runtime as R
@@ -49,6 +50,7 @@ def test_predictor_runs_the_export_and_falls_back_to_torch_when_it_is_stale(tmp_
     assert R.ExportedModel.of_checkpoint(path) is None
     fallback = Predictor(path)
     assert fallback.runtime == "torch"
+    assert fallback.saliency(Image.fromarray(crops[0])).shape == (64, 64)  # the loaded checkpoint serves saliency too
     assert not np.allclose(fast.predict_proba(crops), fallback.predict_proba(crops), atol=1e-3)
     M.save_checkpoint(path, other, "smilenet", temperature=2.0)
     np.testing.assert_allclose(Predictor(path).predict_proba(crops), fallback.predict_proba(crops), atol=1e-5)
