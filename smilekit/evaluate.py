@@ -148,13 +148,15 @@ def write_json(path, payload: dict) -> Path:
     return path
 
 
-def evaluate_photos(predictor, samples, progress: bool = False) -> dict:
+def evaluate_photos(predictor, samples, progress: bool = False, prior: float | None = None) -> dict:
     """Figures through the app's own path (photo -> faces -> crop -> model) for labelled samples.
 
     A photo where no face is found counts as wrong (the opposite label, fully
     confident); unreadable files are counted and left out. Adds the share of
-    photos with a face, the calibration error, and accuracy per ``male`` group
-    where the samples have it.
+    photos with a face, the calibration error, accuracy per ``male`` group with a
+    95 % bootstrap interval of the gap where the samples have it, and with
+    ``prior`` (the set's smiling share, known beforehand) the accuracy of
+    probabilities moved to that prior.
     """
     probs, status = predictor.score_samples(samples, progress=progress)
     readable, found = status != "unreadable", status == "face"
@@ -164,8 +166,12 @@ def evaluate_photos(predictor, samples, progress: bool = False) -> dict:
     result.update(no_face=int((status == "no_face").sum()), unreadable=int((~readable).sum()),
                   faces_found=float(found[readable].mean()) if readable.any() else float("nan"),
                   ece=metrics.reliability(labels[found], probs[found])["ece"], model_version=predictor.version)
+    if prior is not None:
+        result["accuracy_at_prior"] = metrics.accuracy(labels[readable], metrics.at_prior(probs[readable], prior))
     groups = np.array([s.male for s in samples], dtype=object)
     if readable.any() and not any(g is None for g in groups[readable]):
         by_group = metrics.per_group_accuracy(labels[readable], probs[readable], groups[readable].astype(int))
         result["accuracy_by_male"] = {int(g): v["accuracy"] for g, v in by_group.items()}
+        if len(by_group) == 2:
+            result["male_gap_interval"] = metrics.group_gap_interval(labels[readable], probs[readable], groups[readable].astype(int))
     return result

@@ -91,3 +91,26 @@ def fit_temperature(logits, y_true) -> float:
         if loss < best_loss:
             best, best_loss = float(t), loss
     return best
+
+
+def at_prior(y_prob, prior: float) -> np.ndarray:
+    """Probabilities of a model trained on balanced classes, moved to a set whose smiling share is ``prior``.
+
+    Bayes' rule on the odds: the balanced model's odds times prior / (1 - prior).
+    Use a prior known before testing (e.g. the set's train split), never the test labels.
+    """
+    p = np.clip(np.asarray(y_prob, dtype=float), 1e-7, 1 - 1e-7)
+    odds = p / (1 - p) * prior / (1 - prior)
+    return odds / (1 + odds)
+
+
+def group_gap_interval(y_true, y_prob, groups, level: float = 0.95, rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval of the accuracy gap (group 1 minus group 0), resampling within each group."""
+    y_true, groups = np.asarray(y_true).astype(bool), np.asarray(groups)
+    correct = (np.asarray(y_prob) >= 0.5) == y_true
+    rng = np.random.default_rng(seed)
+    per_group = [correct[groups == g] for g in (0, 1)]
+    draws = [rng.choice(c, size=(rounds, len(c))).mean(axis=1) for c in per_group]
+    gaps = draws[1] - draws[0]
+    tail = (1 - level) / 2
+    return float(np.quantile(gaps, tail)), float(np.quantile(gaps, 1 - tail))

@@ -209,7 +209,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
             ema.update(model)
             total_loss += loss.item() * len(y)
             total_right += ((logits > 0).float() == y).sum().item()
-            bar.set_postfix(loss=f"{total_loss / ((step + 1) * config.batch_size):.3f}")
+            bar.set_postfix(loss=f"{total_loss / ((step + 1) * config.batch_size):.3f}", refresh=False)
         seen = steps_per_epoch * config.batch_size
         averaged.load_state_dict(ema.state)
         val, _ = evaluate_sets(averaged, val_sets)

@@ -110,3 +110,18 @@ def test_load_sets_on_real_test_splits(shared_data, tmp_path):
     save_checkpoint(seed, SeedCNN(), "seedcnn")
     results = evaluate.summaries(evaluate.evaluate(seed, sets))
     assert all(0 <= r["accuracy"] <= 1 and r["n"] == 12 for r in results.values())
+
+
+def test_evaluate_photos_adds_prior_accuracy_and_gap_interval(celeba_dir):
+    from smilekit import data
+    from smilekit.predict import Predictor
+
+    samples = data.select(data.load_celeba_subset(celeba_dir), "test", 80)
+    predictor = Predictor()
+    neutral = evaluate.evaluate_photos(predictor, samples, prior=0.5)
+    assert neutral["accuracy_at_prior"] == pytest.approx(neutral["accuracy"])  # a 50 % prior changes nothing
+    rare = evaluate.evaluate_photos(predictor, samples, prior=0.02)
+    assert rare["accuracy_at_prior"] < rare["accuracy"]  # this set is half smiling: a 2 % prior is wrong for it
+    low, high = rare["male_gap_interval"]
+    gap = rare["accuracy_by_male"][1] - rare["accuracy_by_male"][0]
+    assert low <= gap <= high and high - low > 0.05  # 80 photos cannot pin the gap down

@@ -43,3 +43,28 @@ def test_fit_temperature_recovers_a_known_scale():
     true_logits = rng.normal(0, 2, 20000)
     y = rng.uniform(0, 1, 20000) < 1 / (1 + np.exp(-true_logits))
     assert metrics.fit_temperature(true_logits * 3, y) == pytest.approx(3, rel=0.1)
+
+
+def test_at_prior_is_bayes_rule_on_the_odds():
+    assert metrics.at_prior([0.5], 0.5)[0] == pytest.approx(0.5)
+    assert metrics.at_prior([0.5], 0.25)[0] == pytest.approx(0.25)  # no evidence: the prior itself
+    assert metrics.at_prior([0.75], 0.25)[0] == pytest.approx(0.5)  # odds 3 x 1/3
+    # a balanced model scored on a set that is 20 % smiling gets more right once moved to that prior
+    rng = np.random.default_rng(2)
+    y = rng.uniform(0, 1, 20000) < 0.2
+    x = rng.normal(0, 1, 20000) + np.where(y, 1.0, -1.0)
+    balanced = 1 / (1 + np.exp(-2 * x))  # calibrated for equal classes: the log-likelihood ratio is 2x
+    assert metrics.accuracy(y, metrics.at_prior(balanced, 0.2)) > metrics.accuracy(y, balanced) + 0.02
+
+
+def test_group_gap_interval_covers_the_gap_and_narrows_with_more_data():
+    def sample(n, seed):
+        rng = np.random.default_rng(seed)
+        groups = np.repeat([0, 1], n)
+        y = rng.uniform(0, 1, 2 * n) < 0.5
+        right = rng.uniform(0, 1, 2 * n) < np.where(groups == 1, 0.8, 0.9)  # true gap -10 points
+        return y, np.where(right == y, 0.9, 0.1), groups
+    small = metrics.group_gap_interval(*sample(200, 3))
+    large = metrics.group_gap_interval(*sample(5000, 3))
+    assert small[0] < -0.1 < small[1] and large[0] < -0.1 < large[1]
+    assert large[1] - large[0] < (small[1] - small[0]) / 3
