@@ -96,6 +96,9 @@ def test_evaluate_notebook_writes_metrics_and_figures(trained, tmp_path, shared_
         assert 0 <= figures["accuracy"] <= 1 and 0 <= figures["balanced_accuracy"] <= 1
     assert 0 <= result["ece_before_temperature"] <= 1 and 0 <= result["ece_after_temperature"] <= 1
     assert set(result["per_group"]) == {"male", "not male"}
+    low, high = result["male_gap_interval"]
+    gap = result["per_group"]["male"]["accuracy"] - result["per_group"]["not male"]["accuracy"]
+    assert low <= gap <= high
     assert (result["baseline"] is not None) == with_baseline
     printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert ("No baseline checkpoint" in printed) != with_baseline
