@@ -162,16 +162,18 @@ def evaluate_photos(predictor, samples, progress: bool = False, prior: float | N
     readable, found = status != "unreadable", status == "face"
     labels = np.array([s.smiling for s in samples])
     probs = np.where(found, probs, 1.0 - labels)
-    result = metrics.summary(labels[readable], probs[readable])
+    y, p = labels[readable], probs[readable]
+    result = metrics.summary(y, p)
     result.update(no_face=int((status == "no_face").sum()), unreadable=int((~readable).sum()),
                   faces_found=float(found[readable].mean()) if readable.any() else float("nan"),
                   ece=metrics.reliability(labels[found], probs[found])["ece"], model_version=predictor.version)
     if prior is not None:
-        result["accuracy_at_prior"] = metrics.accuracy(labels[readable], metrics.at_prior(probs[readable], prior))
-    groups = np.array([s.male for s in samples], dtype=object)
-    if readable.any() and not any(g is None for g in groups[readable]):
-        by_group = metrics.per_group_accuracy(labels[readable], probs[readable], groups[readable].astype(int))
+        result["accuracy_at_prior"] = metrics.accuracy(y, metrics.at_prior(p, prior))
+    groups = np.array([s.male for s in samples], dtype=object)[readable]
+    if readable.any() and not any(g is None for g in groups):
+        groups = groups.astype(int)
+        by_group = metrics.per_group_accuracy(y, p, groups)
         result["accuracy_by_male"] = {int(g): v["accuracy"] for g, v in by_group.items()}
         if len(by_group) == 2:
-            result["male_gap_interval"] = metrics.group_gap_interval(labels[readable], probs[readable], groups[readable].astype(int))
+            result["male_gap_interval"] = metrics.group_gap_interval(y, p, groups)
     return result
