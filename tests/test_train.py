@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from smilekit.model import load_checkpoint
-from smilekit.train import TrainConfig, WeightAverage, augment, balanced_weights, center, train
+from smilekit.train import TrainConfig, WeightAverage, augment, balanced_weights, center, erase, train
 
 
 def test_augment_and_center_shapes_and_range():
@@ -16,6 +16,19 @@ def test_augment_and_center_shapes_and_range():
     assert not torch.allclose(x, augment(crops, torch.Generator().manual_seed(1)))
     c = center(crops)
     assert c.shape == (6, 1, 64, 64) and torch.equal(c[0, 0], crops[0, 8:72, 8:72].float() / 255)
+
+
+def test_erase_covers_one_rectangle_in_the_chosen_share_of_images():
+    x = torch.full((400, 1, 64, 64), 2.0)  # 2 is outside the noise's range, so untouched pixels are known
+    erase(x, torch.Generator().manual_seed(0), share=0.5)
+    changed = (x != 2.0).flatten(1).float().mean(1)
+    hit = changed > 0
+    assert 0.4 < hit.float().mean() < 0.6
+    assert changed[hit].min() >= 0.02 and changed[hit].max() <= 0.2  # one rectangle of about 4-16 % of the face
+    for i in torch.nonzero(hit).flatten()[:20].tolist():  # the changed pixels form one filled rectangle
+        rows, cols = torch.nonzero(x[i, 0] != 2.0, as_tuple=True)
+        assert (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1) == len(rows)
+    assert x[hit].lt(2.0).any() and not erase(torch.full((5, 1, 8, 8), 2.0), torch.Generator(), share=0.0).ne(2.0).any()
 
 
 def test_balanced_weights_give_each_class_half_of_each_source():
