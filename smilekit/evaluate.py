@@ -148,7 +148,7 @@ def write_json(path, payload: dict) -> Path:
     return path
 
 
-def evaluate_photos(predictor, samples, progress: bool = False, prior: float | None = None) -> dict:
+def evaluate_photos(predictor, samples, progress: bool = False, prior: float | None = None, transform=None) -> dict:
     """Figures through the app's own path (photo -> faces -> crop -> model) for labelled samples.
 
     A photo where no face is found counts as wrong (the opposite label, fully
@@ -156,9 +156,10 @@ def evaluate_photos(predictor, samples, progress: bool = False, prior: float | N
     photos with a face, the calibration error, accuracy per ``male`` group with a
     95 % bootstrap interval of the gap where the samples have it, and with
     ``prior`` (the set's smiling share, known beforehand) the accuracy of
-    probabilities moved to that prior.
+    probabilities moved to that prior. ``transform`` changes each image first
+    (see :meth:`smilekit.predict.Predictor.score_samples`).
     """
-    probs, status = predictor.score_samples(samples, progress=progress)
+    probs, status = predictor.score_samples(samples, progress=progress, transform=transform)
     readable, found = status != "unreadable", status == "face"
     labels = np.array([s.smiling for s in samples])
     probs = np.where(found, probs, 1.0 - labels)

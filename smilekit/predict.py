@@ -95,19 +95,21 @@ class Predictor:
         found = [FacePrediction(i, b, float(p), c, detected) for i, (b, p, c) in enumerate(zip(boxes, probs, crops))]
         return PhotoPrediction(image, found, self.version)
 
-    def score_samples(self, samples, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def score_samples(self, samples, progress: bool = False, transform=None) -> tuple[np.ndarray, np.ndarray]:
         """Probability of smiling for each labelled sample through the app's path, and its status.
 
         Crops are classified whole; photos go through face detection and the
         largest face counts. Status is "face", "no_face" or "unreadable"
-        (probability NaN for the last two).
+        (probability NaN for the last two). ``transform`` (PIL image -> PIL
+        image) changes each loaded image first, e.g. to simulate another camera.
         """
         from tqdm.auto import tqdm
 
         probs, status = np.full(len(samples), np.nan), np.full(len(samples), "face", dtype=object)
         for i, sample in enumerate(tqdm(samples, desc="scoring", disable=not progress, mininterval=2)):
             try:
-                result = self.predict(sample.path, whole_image=sample.is_crop).faces
+                source = sample.path if transform is None else transform(load_image(sample.path))
+                result = self.predict(source, whole_image=sample.is_crop).faces
             except ImageError:
                 status[i] = "unreadable"
                 continue

@@ -125,3 +125,18 @@ def test_evaluate_photos_adds_prior_accuracy_and_gap_interval(celeba_dir):
     low, high = rare["male_gap_interval"]
     gap = rare["accuracy_by_male"][1] - rare["accuracy_by_male"][0]
     assert low <= gap <= high and high - low > 0.05  # 80 photos cannot pin the gap down
+
+
+def test_evaluate_photos_applies_the_transform_to_each_photo(celeba_dir):
+    from PIL import Image
+
+    from smilekit import data
+    from smilekit.predict import Predictor
+
+    samples = data.select(data.load_celeba_subset(celeba_dir), "test", 12)
+    predictor = Predictor()
+    plain = evaluate.evaluate_photos(predictor, samples)
+    same = evaluate.evaluate_photos(predictor, samples, transform=lambda image: image.copy())
+    assert same["roc_auc"] == plain["roc_auc"] and same["no_face"] == plain["no_face"]
+    blank = evaluate.evaluate_photos(predictor, samples, transform=lambda image: Image.new("RGB", image.size, (128, 128, 128)))
+    assert blank["no_face"] == 12 and blank["faces_found"] == 0 and blank["accuracy"] == 0  # no face: counted wrong
