@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +36,6 @@ def _noise(image: Image.Image, sigma: float = 12.0) -> Image.Image:
 
 
 def _jpeg(image: Image.Image, quality: int = 15) -> Image.Image:
-    from io import BytesIO
-
     buffer = BytesIO()
     image.convert("RGB").save(buffer, "JPEG", quality=quality)
     return Image.open(BytesIO(buffer.getvalue())).convert("RGB")
