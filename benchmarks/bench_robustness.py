@@ -87,9 +87,10 @@ def main() -> None:
     models = {"SmileNet": args.model}
     if Path(args.baseline).is_file():
         models["SeedCNN"] = args.baseline
-    results = {}
+    results, versions = {}, {}
     for model_name, path in models.items():
         predictor = Predictor(path)
+        versions[model_name] = predictor.version
         for set_name, samples in test_sets.items():
             for change, transform in CHANGES.items():
                 figures = evaluate_photos(predictor, samples, transform=transform)
@@ -99,13 +100,13 @@ def main() -> None:
     names = list(models)
     for set_name, by_change in results.items():
         n = len(test_sets[set_name])
-        print(f"\n{set_name} test ({n} images); each cell: " + ", ".join(names))
+        print(f"\n{set_name} test ({n} images); each cell: " + ", ".join(f"{m} ({versions[m]})" for m in names))
         print("| change | faces found | accuracy | balanced accuracy | ROC AUC | ECE |\n|---|---|---|---|---|---|")
         for change, by_model in by_change.items():
             cells = [" / ".join(f"{by_model[m][k]:.3f}" for m in names) for k in FIGURES]
             print(f"| {change} | " + " | ".join(cells) + " |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"models": models, "n": {k: len(v) for k, v in test_sets.items()},
+        Path(args.json).write_text(json.dumps({"models": models, "versions": versions, "n": {k: len(v) for k, v in test_sets.items()},
                                                "results": results}, indent=2))
 
 
