@@ -96,3 +96,30 @@ def test_the_cpu_torch_index_is_used_everywhere():
     index = "--extra-index-url https://download.pytorch.org/whl/cpu"
     assert index in _pip_section(_environment_yml())
     assert index in (ROOT / "binder" / "requirements.txt").read_text().splitlines()
+
+
+def _installed_closure(requirements) -> set[str]:
+    """Names of the packages these requirements pull in without extras, following the installed metadata."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen, todo = set(), [Requirement(r) for r in requirements]
+    while todo:
+        requirement = todo.pop()
+        name = canonicalize_name(requirement.name)
+        if name in seen or (requirement.marker and not requirement.marker.evaluate({"extra": ""})):
+            continue
+        seen.add(name)
+        try:
+            todo += [Requirement(r) for r in metadata.requires(name) or []]
+        except metadata.PackageNotFoundError:
+            pass
+    return seen
+
+
+def test_the_app_install_without_extras_has_a_kernel_to_run_the_app():
+    """`scripts/setup` (no extras) must give Voilà a Python kernel: voila itself does not install ipykernel."""
+    closure = _installed_closure(_pyproject()["dependencies"])
+    assert {"voila", "ipywidgets", "ipykernel"} <= closure
