@@ -83,8 +83,7 @@ def main() -> None:
     args = parser.parse_args()
 
     root = data.data_root(args.data)
-    loaded = {"smilesmiled": data.load_smilesmiled(root / "smilesmiled"),
-              "celeba-subset": data.load_celeba_subset(root / "celeba-subset")}
+    loaded = {name: data.load_dataset(name, root) for name in ("smilesmiled", "celeba-subset")}
     test_sets = {name: data.select(samples, "test") for name, samples in loaded.items()}
     train_priors = {name: statistics.fmean(s.smiling for s in data.select(samples, "train")) for name, samples in loaded.items()}
     models = {"SmileNet (shipped)": args.model}

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from smilekit import data
+from smilekit import data, render
 from smilekit.evaluate import evaluate_photos
 from smilekit.predict import Predictor
 from smilekit.runtime import SHIPPED_MODEL
@@ -36,9 +36,7 @@ def _noise(image: Image.Image, sigma: float = 12.0) -> Image.Image:
 
 
 def _jpeg(image: Image.Image, quality: int = 15) -> Image.Image:
-    buffer = BytesIO()
-    image.convert("RGB").save(buffer, "JPEG", quality=quality)
-    return Image.open(BytesIO(buffer.getvalue())).convert("RGB")
+    return Image.open(BytesIO(render._jpeg(image, quality))).convert("RGB")
 
 
 def _colour_cast(image: Image.Image) -> Image.Image:
@@ -82,8 +80,8 @@ def main() -> None:
     args = parser.parse_args()
 
     root = data.data_root(args.data)
-    test_sets = {"SMILEsmileD": data.select(data.load_smilesmiled(root / "smilesmiled"), "test", args.limit),
-                 "CelebA": data.select(data.load_celeba_subset(root / "celeba-subset"), "test", args.limit)}
+    test_sets = {label: data.select(data.load_dataset(name, root), "test", args.limit)
+                 for label, name in (("SMILEsmileD", "smilesmiled"), ("CelebA", "celeba-subset"))}
     models = {"SmileNet": args.model}
     if Path(args.baseline).is_file():
         models["SeedCNN"] = args.baseline
