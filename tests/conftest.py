@@ -1,6 +1,7 @@
 """Shared fixtures: the real face data beside the checkout, temporary Jupyter state."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -14,6 +15,14 @@ def _require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"real face data not found at {path} (put the shared data beside the checkout or set SMILEKIT_TEST_DATA)")
     return path
+
+
+def load_benchmark(name: str):
+    """Import ``benchmarks/<name>.py`` (a script folder, not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

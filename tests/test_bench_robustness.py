@@ -1,16 +1,13 @@
 """benchmarks/bench_robustness.py: each simulated change does what its name says, the same way every time."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-_spec = importlib.util.spec_from_file_location("bench_robustness", Path(__file__).resolve().parent.parent / "benchmarks" / "bench_robustness.py")
-bench_robustness = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_robustness)
+from conftest import load_benchmark
+
+bench_robustness = load_benchmark("bench_robustness")
 
 
 @pytest.fixture

@@ -1,12 +1,9 @@
 """benchmarks/label_audit.py: scoring a blind reading against the key."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from conftest import load_benchmark
 
-_spec = importlib.util.spec_from_file_location("label_audit", Path(__file__).resolve().parent.parent / "benchmarks" / "label_audit.py")
-label_audit = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(label_audit)
+label_audit = load_benchmark("label_audit")
 
 
 def test_score_sides_each_reading_with_the_label_the_model_or_neither():
