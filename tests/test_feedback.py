@@ -1,13 +1,7 @@
 """The feedback store on SQLite and on a real PostgreSQL server."""
 from __future__ import annotations
 
-import glob
 import io
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
@@ -15,59 +9,6 @@ import pytest
 from PIL import Image
 
 from smilekit.feedback import FeedbackStore, photo_hash
-
-PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _as_postgres_user(cmd: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: drop to the postgres user when we are root."""
-    if os.geteuid() != 0:
-        return cmd
-    return ["runuser", "-u", "postgres", "--", *cmd]
-
-
-@pytest.fixture(scope="session")
-def postgres_server():
-    """A throwaway PostgreSQL server from Debian's postgresql package; yields a URL prefix."""
-    if not PG_BIN or not Path(PG_BIN[-1], "initdb").exists():
-        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
-    pytest.importorskip("psycopg2")
-    bindir = Path(PG_BIN[-1])
-    if os.geteuid() == 0:
-        import pwd
-
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no 'postgres' user to run the PostgreSQL server as")
-    home = Path(tempfile.mkdtemp(prefix="smilekit-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(home, "postgres", "postgres")
-    data, log = home / "data", home / "server.log"
-    port = _free_port()
-    subprocess.run(_as_postgres_user([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "smilekit", "--no-sync"]),
-                   check=True, capture_output=True)
-    subprocess.run(_as_postgres_user([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60",
-                                      "-o", f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off", "start"]),
-                   check=True, capture_output=True)
-    try:
-        import psycopg2
-
-        conn = psycopg2.connect(host="127.0.0.1", port=port, user="smilekit", dbname="postgres")
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("CREATE DATABASE feedback_test")
-        conn.close()
-        yield f"postgresql+psycopg2://smilekit@127.0.0.1:{port}/feedback_test"
-    finally:
-        subprocess.run(_as_postgres_user([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]), capture_output=True)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

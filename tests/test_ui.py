@@ -12,31 +12,9 @@ from PIL import Image
 
 from smilekit import ui
 from smilekit.feedback import FeedbackStore, photo_hash
-from smilekit.runtime import SHIPPED_MODEL
 from smilekit.predict import Predictor
 
-#: CelebA-subset photos whose single face the detector finds; a 2x2 collage of them has 4 faces
-COLLAGE_IDS = (0, 1, 4, 5)
-
-
-def dev_model(request, tmp_path_factory) -> Path:
-    """The shipped model if present, else a tiny one trained on a few hundred real faces (once per run)."""
-    if SHIPPED_MODEL.exists():
-        return SHIPPED_MODEL
-    path = tmp_path_factory.getbasetemp() / "tiny-model.pt"
-    if not path.exists():
-        from smilekit.train import TrainConfig, train
-
-        data_root = request.getfixturevalue("shared_data")  # skips when the face data is absent
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("SMILEKIT_CACHE", str(tmp_path_factory.getbasetemp() / "tiny-model-cache"))
-            train(TrainConfig(data_root=str(data_root), epochs=1, limit=120, out=str(path)))
-    return path
-
-
-@pytest.fixture(scope="session")
-def model_path(request, tmp_path_factory) -> Path:
-    return dev_model(request, tmp_path_factory)
+from conftest import COLLAGE_IDS, make_collage
 
 
 @pytest.fixture(scope="session")
@@ -64,18 +42,6 @@ def face_jpeg(celeba_dir) -> bytes:
 @pytest.fixture(scope="session")
 def collage_jpeg(celeba_dir) -> bytes:
     return make_collage(celeba_dir)
-
-
-def make_collage(celeba_dir: Path) -> bytes:
-    """Four real faces in a 2x2 grid on white, as one JPEG."""
-    photos = [Image.open(celeba_dir / "img" / f"{i}.jpg").convert("RGB") for i in COLLAGE_IDS]
-    w, h, gap = photos[0].width, photos[0].height, 40
-    collage = Image.new("RGB", (2 * w + 3 * gap, 2 * h + 3 * gap), "white")
-    for k, photo in enumerate(photos):
-        collage.paste(photo, (gap + (k % 2) * (w + gap), gap + (k // 2) * (h + gap)))
-    buf = io.BytesIO()
-    collage.save(buf, format="JPEG", quality=92)
-    return buf.getvalue()
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
