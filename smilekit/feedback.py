@@ -5,6 +5,9 @@ file ``outputs/feedback.db``); the schema is declared once below. Each click is 
 upsert keyed on (session, photo, face, model version), so clicking again changes
 the verdict instead of adding a row. Face pixels are stored only with consent;
 the full photo never is.
+
+Writes (``record``, ``forget_crops``) give up within ``WRITE_DEADLINE_S`` with a
+``FeedbackWriteError`` whose text can be shown to the person as it is.
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable, TypeVar
+from urllib.parse import quote
 
 from PIL import Image
 from sqlalchemy import (
@@ -29,18 +34,61 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    make_url,
     select,
     update,
 )
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = ROOT / "outputs" / "feedback.db"
-#: how long an SQLite writer waits for another writer's lock, in milliseconds
-SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: the longest ``record`` or ``forget_crops`` takes before it gives up with a ``FeedbackWriteError``, in seconds
+WRITE_DEADLINE_S = 3.0
+#: how long one SQLite write attempt waits for another writer's lock, in milliseconds (then it retries)
+SQLITE_BUSY_TIMEOUT_MS = 500
+#: how long PostgreSQL connecting may take, in seconds (libpq's smallest limit is 2)
+PG_CONNECT_TIMEOUT_S = 2
+#: PostgreSQL error codes: a read-only transaction, no permission to write
+_PG_READ_ONLY = {"25006", "42501"}
+#: PostgreSQL error codes: lock timeout, statement timeout, deadlock, serialization failure
+_PG_BUSY = {"55P03", "57014", "40P01", "40001"}
+
+T = TypeVar("T")
+
+
+class FeedbackWriteError(RuntimeError):
+    """A verdict could not be saved; ``str(err)`` is a message for the person."""
+
+
+class DatabaseBusy(FeedbackWriteError):
+    """The database was locked, busy or not answering until the deadline: trying again later may work."""
+
+
+class DatabaseReadOnly(FeedbackWriteError):
+    """The database accepts no writes (read-only file, folder, transaction or user): trying again will not help."""
+
+
+def _is_read_only(err: DBAPIError) -> bool:
+    orig = err.orig
+    return getattr(orig, "pgcode", None) in _PG_READ_ONLY or "readonly" in str(orig).lower()
+
+
+def _is_busy(err: DBAPIError) -> bool:
+    orig = err.orig
+    return getattr(orig, "pgcode", None) in _PG_BUSY or "locked" in str(orig).lower()
+
+
+def _write_error(err: SQLAlchemyError, unsaved: str) -> FeedbackWriteError:
+    """The message for the person when a write failed for good (``unsaved`` says what was lost)."""
+    if isinstance(err, DBAPIError) and _is_read_only(err):
+        return DatabaseReadOnly(f"The feedback database is read-only, so {unsaved}. "
+                                "Trying again will not help; please tell whoever runs this app.")
+    if isinstance(err, DBAPIError) and _is_busy(err):
+        return DatabaseBusy(f"The feedback database is busy; {unsaved} yet. Click again in a moment.")
+    return DatabaseBusy(f"The feedback database is not answering; {unsaved}. Try again in a moment.")
 
 
 def photo_hash(data: bytes) -> str:
@@ -94,6 +142,7 @@ def _sqlite_pragmas(dbapi_connection, _record):
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA secure_delete=ON")  # deleted content is overwritten with zeros
     cursor.close()
 
 
@@ -107,22 +156,82 @@ class FeedbackStore:
 
     def __init__(self, url: str | None = None):
         self.url = url or default_url()
-        self.engine = create_engine(self.url, pool_pre_ping=True)
-        if self.engine.dialect.name == "sqlite":
-            database = self.engine.url.database
+        self.engine = self._engine(self.url)
+        try:
+            self._create_schema()
+        except DBAPIError as err:
+            # an SQLite file in a folder we cannot write: WAL needs its lock files there, so read it as immutable
+            fallback = self._immutable_url()
+            if fallback is None or not _is_read_only(err):
+                raise
+            log.warning("the feedback database %s and its folder cannot be written; opened for reading only", self.url)
+            self.engine.dispose()
+            self.engine = self._engine(fallback)
+            self._create_schema()
+
+    @staticmethod
+    def _engine(url):
+        url = make_url(url)
+        connect_args = {}
+        if url.get_driver_name() in ("psycopg2", "psycopg") and "connect_timeout" not in url.query:
+            connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S  # a server that does not answer fails fast
+        engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+        if engine.dialect.name == "sqlite":
+            database = engine.url.database
             if database and database != ":memory:" and not database.startswith("file:"):
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        self._create_schema()
+            event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+
+    def _immutable_url(self):
+        """The same SQLite file opened as an immutable URI, or None when not a plain SQLite file."""
+        url = self.engine.url
+        if self.engine.dialect.name != "sqlite" or not url.database or url.database == ":memory:" \
+                or url.database.startswith("file:"):
+            return None
+        return url.set(database=f"file:{quote(str(Path(url.database).resolve()))}",
+                       query={**url.query, "immutable": "1", "uri": "true"})
 
     def _create_schema(self) -> None:
         try:
             Base.metadata.create_all(self.engine)
-        except DBAPIError:
+        except DBAPIError as err:
+            if _is_read_only(err):
+                raise
             # another store created it at the same moment ("already exists"); now it is there
             Base.metadata.create_all(self.engine)
 
     # -- writing ---------------------------------------------------------------
+
+    def _write(self, work: Callable[[Session], T], unsaved: str, deadline: float) -> T:
+        """Run ``work`` in one transaction, retrying briefly while the database is locked or unreachable.
+
+        Gives up before ``deadline`` (a ``time.monotonic()`` value) with a ``FeedbackWriteError`` that
+        says ``unsaved`` (what the person lost); the database's own error is chained.
+        """
+        sqlite = self.engine.dialect.name == "sqlite"
+        attempt_s = SQLITE_BUSY_TIMEOUT_MS / 1000 if sqlite else 0.1
+        pause = 0.05
+        while True:
+            try:
+                with Session(self.engine) as session, session.begin():
+                    if self.engine.dialect.name == "postgresql":  # a locked row fails at the deadline too
+                        self._pg_timeouts(session, deadline, local=True)
+                    return work(session)
+            except SQLAlchemyError as err:
+                retry = isinstance(err, OperationalError) and not _is_read_only(err)
+                if not retry or time.monotonic() + pause + attempt_s > deadline:
+                    raise _write_error(err, unsaved) from err
+                log.warning("feedback write failed (%s); retrying", getattr(err, "orig", err))
+                time.sleep(pause)
+                pause = min(2 * pause, 0.4)
+
+    @staticmethod
+    def _pg_timeouts(connection, deadline: float, local: bool) -> None:
+        """PostgreSQL gives up waiting for locks and statements at ``deadline``."""
+        limit = f"{max(100, int((deadline - time.monotonic()) * 1000))}ms"
+        connection.execute(select(func.set_config("lock_timeout", limit, local),
+                                  func.set_config("statement_timeout", limit, local)))
 
     def record(self, *, session_id: str, photo_sha256: str, face_index: int, box: tuple[int, int, int, int],
                probability: float, model_version: str, correct: bool, crop_png: bytes | None = None) -> int:
@@ -130,6 +239,7 @@ class FeedbackStore:
 
         ``correct`` says whether the model's answer was right; the true label is
         derived from it. ``crop_png`` (the 64x64 face crop) only with consent.
+        Raises ``DatabaseBusy`` or ``DatabaseReadOnly`` within ``WRITE_DEADLINE_S``.
         """
         predicted = float(probability) >= 0.5
         now = _utcnow()
@@ -143,45 +253,77 @@ class FeedbackStore:
             true_smiling=predicted if correct else not predicted,
             crop_png=crop_png,
         )
-        for attempt in range(5):
-            try:
-                return self._upsert(key, changes, now)
-            except OperationalError as err:  # SQLite lock held past the busy timeout, dropped connection
-                if attempt == 4:
-                    raise
-                log.warning("feedback write failed (%s); retrying", err.orig)
-                time.sleep(0.1 * (attempt + 1))
-        raise AssertionError("unreachable")
+        return self._write(lambda session: self._upsert(session, key, changes, now), "your verdict was not saved",
+                           time.monotonic() + WRITE_DEADLINE_S)
 
-    def _upsert(self, key: dict, changes: dict, now: datetime) -> int:
+    def _upsert(self, session: Session, key: dict, changes: dict, now: datetime) -> int:
         dialect = self.engine.dialect.name
-        with Session(self.engine) as session, session.begin():
-            if dialect in ("sqlite", "postgresql"):
-                if dialect == "sqlite":
-                    from sqlalchemy.dialects.sqlite import insert
-                else:
-                    from sqlalchemy.dialects.postgresql import insert
-                stmt = insert(Verdict).values(**key, **changes, created_at=now)
-                stmt = stmt.on_conflict_do_update(index_elements=list(key), set_=changes).returning(Verdict.id)
-                return int(session.execute(stmt).scalar_one())
-            # other databases: read, then update or insert (the unique constraint still guards duplicates)
-            row = session.execute(select(Verdict).filter_by(**key).with_for_update()).scalar_one_or_none()
-            if row is None:
-                row = Verdict(**key, **changes, created_at=now)
-                session.add(row)
+        if dialect in ("sqlite", "postgresql"):
+            if dialect == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert
             else:
-                for name, value in changes.items():
-                    setattr(row, name, value)
-            session.flush()
-            return int(row.id)
+                from sqlalchemy.dialects.postgresql import insert
+            stmt = insert(Verdict).values(**key, **changes, created_at=now)
+            stmt = stmt.on_conflict_do_update(index_elements=list(key), set_=changes).returning(Verdict.id)
+            return int(session.execute(stmt).scalar_one())
+        # other databases: read, then update or insert (the unique constraint still guards duplicates)
+        row = session.execute(select(Verdict).filter_by(**key).with_for_update()).scalar_one_or_none()
+        if row is None:
+            row = Verdict(**key, **changes, created_at=now)
+            session.add(row)
+        else:
+            for name, value in changes.items():
+                setattr(row, name, value)
+        session.flush()
+        return int(row.id)
 
     def forget_crops(self, session_id: str) -> int:
-        """Remove the stored face crops of one session (consent withdrawn); returns how many."""
-        with Session(self.engine) as session, session.begin():
-            result = session.execute(
-                update(Verdict).where(Verdict.session_id == session_id, Verdict.crop_png.is_not(None)).values(crop_png=None)
-            )
-            return result.rowcount
+        """Remove the stored face crops of one session (consent withdrawn); returns how many.
+
+        The freed space is then wiped so the PNG bytes are gone from the database's files:
+        SQLite zeroes deleted content (``secure_delete``) and empties its write-ahead log
+        (``wal_checkpoint(TRUNCATE)``); PostgreSQL rewrites the table (``VACUUM FULL``, which
+        needs the table's owner and locks the table while it runs). A wipe that cannot finish
+        by the deadline (readers in the way) is logged; the next one catches up. Out of reach:
+        PostgreSQL's write-ahead log segments until recycled, backups, replicas, and disk blocks
+        the file system freed. Raises ``DatabaseBusy`` or ``DatabaseReadOnly`` within
+        ``WRITE_DEADLINE_S`` when the crops could not be removed.
+        """
+        deadline = time.monotonic() + WRITE_DEADLINE_S
+        stmt = update(Verdict).where(Verdict.session_id == session_id, Verdict.crop_png.is_not(None)).values(crop_png=None)
+        count = self._write(lambda session: session.execute(stmt).rowcount, "your face pictures were not removed", deadline)
+        self._wipe_freed_space(deadline)
+        return count
+
+    def _wipe_freed_space(self, deadline: float) -> None:
+        """Push deleted bytes out of the database's files (see ``forget_crops``); failures are only logged."""
+        dialect = self.engine.dialect.name
+        try:
+            if dialect == "sqlite":
+                while True:
+                    with self.engine.connect() as conn:
+                        busy, _, _ = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+                    if not busy:
+                        return
+                    if time.monotonic() + 0.05 + SQLITE_BUSY_TIMEOUT_MS / 1000 > deadline:
+                        log.warning("forgotten crops may stay in the SQLite write-ahead log until the next checkpoint: "
+                                    "other connections are reading")
+                        return
+                    time.sleep(0.05)
+            elif dialect == "postgresql":
+                with self.engine.connect() as conn:
+                    conn.execution_options(isolation_level="AUTOCOMMIT")
+                    self._pg_timeouts(conn, deadline, local=False)
+                    try:
+                        conn.exec_driver_sql(f"VACUUM (FULL) {Verdict.__tablename__}")
+                    finally:
+                        conn.exec_driver_sql("RESET lock_timeout; RESET statement_timeout")
+                    notices = conn.connection.dbapi_connection.notices
+                    if any("skipping" in notice for notice in notices):
+                        log.warning("forgotten crops stay in PostgreSQL's files: %s", notices[-1].strip())
+                    del notices[:]
+        except SQLAlchemyError as err:
+            log.warning("forgotten crops may stay in the database files until the next wipe: %s", getattr(err, "orig", err))
 
     # -- reading ---------------------------------------------------------------
 
