@@ -146,6 +146,12 @@ def _sqlite_pragmas(dbapi_connection, _record):
     cursor.close()
 
 
+def _sqlite_file(url) -> Path | None:
+    """The file of an SQLite URL given as a plain path (not ``:memory:``, not a ``file:`` URI)."""
+    database = url.database
+    return Path(database) if database and database != ":memory:" and not database.startswith("file:") else None
+
+
 def default_url() -> str:
     """``SMILEKIT_DB_URL``, else the SQLite file ``outputs/feedback.db`` in the project."""
     return os.environ.get("SMILEKIT_DB_URL") or f"sqlite:///{DEFAULT_DB}"
@@ -177,20 +183,18 @@ class FeedbackStore:
             connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S  # a server that does not answer fails fast
         engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
         if engine.dialect.name == "sqlite":
-            database = engine.url.database
-            if database and database != ":memory:" and not database.startswith("file:"):
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            if (path := _sqlite_file(engine.url)) is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
             event.listen(engine, "connect", _sqlite_pragmas)
         return engine
 
     def _immutable_url(self):
         """The same SQLite file opened as an immutable URI, or None when not a plain SQLite file."""
-        url = self.engine.url
-        if self.engine.dialect.name != "sqlite" or not url.database or url.database == ":memory:" \
-                or url.database.startswith("file:"):
+        path = _sqlite_file(self.engine.url) if self.engine.dialect.name == "sqlite" else None
+        if path is None:
             return None
-        return url.set(database=f"file:{quote(str(Path(url.database).resolve()))}",
-                       query={**url.query, "immutable": "1", "uri": "true"})
+        return self.engine.url.set(database=f"file:{quote(str(path.resolve()))}",
+                                   query={**self.engine.url.query, "immutable": "1", "uri": "true"})
 
     def _create_schema(self) -> None:
         try:
@@ -209,13 +213,13 @@ class FeedbackStore:
         Gives up before ``deadline`` (a ``time.monotonic()`` value) with a ``FeedbackWriteError`` that
         says ``unsaved`` (what the person lost); the database's own error is chained.
         """
-        sqlite = self.engine.dialect.name == "sqlite"
-        attempt_s = SQLITE_BUSY_TIMEOUT_MS / 1000 if sqlite else 0.1
+        dialect = self.engine.dialect.name
+        attempt_s = SQLITE_BUSY_TIMEOUT_MS / 1000 if dialect == "sqlite" else 0.1
         pause = 0.05
         while True:
             try:
                 with Session(self.engine) as session, session.begin():
-                    if self.engine.dialect.name == "postgresql":  # a locked row fails at the deadline too
+                    if dialect == "postgresql":  # a locked row fails at the deadline too
                         self._pg_timeouts(session, deadline, local=True)
                     return work(session)
             except SQLAlchemyError as err:
@@ -318,7 +322,7 @@ class FeedbackStore:
                         conn.exec_driver_sql(f"VACUUM (FULL) {Verdict.__tablename__}")
                     finally:
                         conn.exec_driver_sql("RESET lock_timeout; RESET statement_timeout")
-                    notices = conn.connection.dbapi_connection.notices
+                    notices = getattr(conn.connection.dbapi_connection, "notices", [])  # psycopg2's server notices
                     if any("skipping" in notice for notice in notices):
                         log.warning("forgotten crops stay in PostgreSQL's files: %s", notices[-1].strip())
                     del notices[:]
