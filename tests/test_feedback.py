@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from smilekit.feedback import FeedbackStore, photo_hash
+from smilekit.feedback import WRITE_DEADLINE_S, FeedbackStore, photo_hash
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -60,7 +60,8 @@ def test_sqlite_uses_wal(tmp_path):
     store = FeedbackStore(f"sqlite:///{tmp_path / 'fb.db'}")
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() > 0
+        assert 0 < conn.exec_driver_sql("PRAGMA busy_timeout").scalar() < WRITE_DEADLINE_S * 1000  # retries fit in the deadline
+        assert conn.exec_driver_sql("PRAGMA secure_delete").scalar() == 1  # deleted crops are overwritten
     store.close()
 
 
