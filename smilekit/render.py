@@ -149,15 +149,15 @@ def metrics_html(stats: dict, model_version: str | None, last: int = 100) -> str
     )
 
 
-#: runs in the browser: refuses files over the limits before they are sent. Above Voilà's websocket
+#: runs in the browser: refuses files over the limits (size each, size together, count) before they are sent. Above Voilà's websocket
 #: limit (voila.json) an upload would drop the kernel connection silently and the page would stop
 #: answering. ipywidgets' FileUpload reads ``files`` of a detached <input type=file>, so the check
 #: wraps that getter; refused selections read as empty and a message appears in the page.
 _UPLOAD_GUARD_JS = """
 (function () {
-  var limits = {PER_FILE}, total = {TOTAL};
-  if (window.smilekitUploadLimits) { window.smilekitUploadLimits = [limits, total]; return; }
-  window.smilekitUploadLimits = [limits, total];
+  var limits = [{PER_FILE}, {TOTAL}, {COUNT}];
+  if (window.smilekitUploadLimits) { window.smilekitUploadLimits = limits; return; }
+  window.smilekitUploadLimits = limits;
   var original = Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, 'files');
   function mb(n) { return (n / 1048576).toFixed(1) + ' MB'; }
   function say(text) {
@@ -176,6 +176,10 @@ _UPLOAD_GUARD_JS = """
       var files = original.get.call(this);
       if (this.type !== 'file' || this.isConnected || !files || !files.length) { return files; }
       var perFile = window.smilekitUploadLimits[0], all = window.smilekitUploadLimits[1], sum = 0, big = [];
+      if (files.length > window.smilekitUploadLimits[2]) {
+        say('You picked ' + files.length + ' photos; upload at most ' + window.smilekitUploadLimits[2] + ' at a time.');
+        return [];
+      }
       for (var i = 0; i < files.length; i++) {
         sum += files[i].size;
         if (files[i].size > perFile) { big.push(files[i].name + ' (' + mb(files[i].size) + ')'); }
@@ -196,10 +200,10 @@ _UPLOAD_GUARD_JS = """
 """
 
 
-def upload_guard_html(per_file: int, total: int) -> str:
-    """An HTML snippet that installs the browser-side size check (see ``_UPLOAD_GUARD_JS``)."""
+def upload_guard_html(per_file: int, total: int, count: int) -> str:
+    """An HTML snippet that installs the browser-side check of sizes and count (see ``_UPLOAD_GUARD_JS``)."""
     import base64
 
-    code = _UPLOAD_GUARD_JS.replace("{PER_FILE}", str(int(per_file))).replace("{TOTAL}", str(int(total)))
+    code = _UPLOAD_GUARD_JS.replace("{PER_FILE}", str(int(per_file))).replace("{TOTAL}", str(int(total))).replace("{COUNT}", str(int(count)))
     encoded = base64.b64encode(code.encode()).decode()
     return f'<img alt="" style="display:none" src="data:image/gif;base64," onerror="new Function(atob(\'{encoded}\'))()">'

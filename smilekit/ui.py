@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 import ipywidgets as widgets
 from ipywidgets import Layout
 from sqlalchemy.exc import SQLAlchemyError
+from traitlets import Dict
 
 from . import render
-from .feedback import FeedbackStore, photo_hash
+from .feedback import DatabaseBusy, FeedbackStore, FeedbackWriteError, photo_hash
 from .images import ImageError
 from .predict import FacePrediction, PhotoPrediction, Predictor
 from .runtime import set_threads
@@ -33,6 +34,10 @@ MAX_FILE_BYTES = 50 * 1024 * 1024
 MAX_PHOTOS_SHOWN = 40
 #: all photos picked at once travel in one websocket message; voila.json allows 100 MiB
 MAX_UPLOAD_BYTES = 95 * 1024 * 1024
+#: photos checked from one upload (the browser refuses more; a crafted message gets the rest refused)
+MAX_FILES_PER_UPLOAD = 20
+#: faces one page visit may give verdicts on (changing a verdict updates the same row)
+MAX_VERDICTS_PER_SESSION = 500
 
 #: inference threads per app kernel: one face needs ~1 ms on one thread, while two threads on a busy
 #: 2-core server wait on each other for ~300 ms; each browser session has its own kernel anyway
@@ -62,6 +67,63 @@ def _layout(**props) -> Layout:
 def _row_wrap(children=(), **layout) -> widgets.Box:
     layout = {"display": "flex", "flex_flow": "row wrap", "align_items": "flex-start", **layout}
     return widgets.Box(list(children), layout=_layout(**layout))
+
+
+def served_by_voila() -> bool:
+    """True in a kernel that Voilà started for a visitor (or preheated for one)."""
+    return "VOILA_BASE_URL" in os.environ
+
+
+def keep_errors_on_the_server(shell=None) -> None:
+    """Errors and warnings raised while the kernel handles a widget message go to the server's log.
+
+    ipywidgets reports errors with ``showtraceback`` and Python prints warnings to the
+    kernel's stderr; both are sent to every client, which in an app served to anonymous
+    visitors leaks code and paths.
+    """
+    warnings_log = logging.getLogger("py.warnings")
+    if log.handlers[0] not in warnings_log.handlers:
+        warnings_log.addHandler(log.handlers[0])
+        warnings_log.propagate = False
+    logging.captureWarnings(True)
+    if shell is None:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    if shell is None:
+        return
+
+    def log_instead(*_args, **_kwargs):
+        log.error("error while handling a message from the page", exc_info=sys.exc_info())
+
+    shell.showtraceback = log_instead
+
+
+def _read_uploaded_files(entries, _widget) -> list[dict]:
+    """FileUpload's value as the browser sent it, checked instead of trusted: never raises.
+
+    Each entry becomes ``{"name": str, "content": bytes-like or None}``; an entry whose content
+    is not bytes keeps ``None`` so the app can say it could not be read.
+    """
+    if not isinstance(entries, (list, tuple)):
+        return []
+    files = []
+    for entry in entries:
+        entry = entry if isinstance(entry, dict) else {}
+        name = entry.get("name")
+        content = entry.get("content")
+        files.append({
+            "name": name[:200] if isinstance(name, str) and name else "unnamed file",
+            "content": content if isinstance(content, (bytes, memoryview)) else None,
+        })
+    return files
+
+
+class PhotoUpload(widgets.FileUpload):
+    """The upload button, with a value that is validated as it arrives from the browser."""
+
+    value = widgets.trait_types.TypedTuple(Dict(), help="The uploaded files").tag(
+        sync=True, echo_update=False, from_json=_read_uploaded_files, to_json=lambda value, _widget: [])
 
 
 @dataclass
@@ -96,8 +158,13 @@ class SmileApp:
 
     def __init__(self, predictor: Predictor | None = None, store: FeedbackStore | None = None, session_id: str | None = None):
         set_threads(INFERENCE_THREADS)
+        if served_by_voila():
+            keep_errors_on_the_server()
         self.session_id = session_id or uuid.uuid4().hex
         self.photos: list[Photo] = []
+        self.faces_judged: set[tuple[str, int]] = set()  # (photo hash, face) with a saved verdict
+        self.unsaved: dict[tuple[int, int], bool] = {}  # (photo, face) -> verdict the database was too busy to take
+        self.crops_to_forget = False  # consent withdrawn but the crops not deleted yet
         self.consent = False
         self.show_saliency = False
         self._build()
@@ -109,7 +176,7 @@ class SmileApp:
     # -- building the page -------------------------------------------------------
 
     def _build(self) -> None:
-        self.upload = widgets.FileUpload(accept="image/*,.jpg,.jpeg,.png,.webp,.gif,.bmp,.tif,.tiff", multiple=True,
+        self.upload = PhotoUpload(accept="image/*,.jpg,.jpeg,.png,.webp,.gif,.bmp,.tif,.tiff", multiple=True,
                                          description="Upload photos", button_style="primary", layout=_layout(width="auto"))
         self.upload.add_class("smilekit-upload")
         self.upload.observe(self._on_upload, names="value")
@@ -125,14 +192,14 @@ class SmileApp:
                             f"({MAX_UPLOAD_BYTES >> 20} MB per upload). Photos are never stored; with the first box ticked, the 64×64 grey face crops "
                             "you give feedback on are kept for retraining.</span>")
         self.busy = widgets.HTML("")
-        guard = widgets.HTML(render.upload_guard_html(MAX_FILE_BYTES, MAX_UPLOAD_BYTES))
+        guard = widgets.HTML(render.upload_guard_html(MAX_FILE_BYTES, MAX_UPLOAD_BYTES, MAX_FILES_PER_UPLOAD))
         guard.add_class("smilekit-guard")  # the browser writes its size refusals here
         self.messages = widgets.VBox([])
         self.gallery = widgets.VBox([])
         self.metrics = widgets.HTML("")
         self.metrics.add_class("smilekit-metrics")
         refresh = widgets.Button(description="Refresh", icon="refresh", layout=_layout(width="auto", align_self="flex-start"))
-        refresh.on_click(lambda _: self._safely(self.refresh_metrics))
+        refresh.on_click(lambda _: self._safely(self.refresh))
         controls = _row_wrap([self.upload, self.busy], grid_gap="8px", align_items="center")
         options = _row_wrap([self.consent_box, self.saliency_box], grid_gap="4px 24px")
         metrics_panel = widgets.VBox([self.metrics, refresh], layout=_layout(margin="8px 0 16px 0"))
@@ -201,29 +268,44 @@ class SmileApp:
 
     # -- user actions --------------------------------------------------------------
 
-    def handle_upload(self, files: list[tuple[str, bytes]]) -> list[int]:
-        """Check every uploaded photo; returns the indices of those shown (bad files get a message)."""
+    def handle_upload(self, files: list[tuple[str, bytes | memoryview | None]]) -> list[int]:
+        """Check every uploaded photo, one at a time; returns the indices of those shown.
+
+        Bad files, and anything over the limits per upload, get a message; ``None`` content
+        stands for an entry the browser sent that could not be read.
+        """
         self.messages.children = []
+        total = sum(memoryview(data).nbytes for _, data in files if data is not None)
+        if total > MAX_UPLOAD_BYTES:
+            self.show_error(f"These photos add up to {total / 2**20:.1f} MB; upload at most {MAX_UPLOAD_BYTES >> 20} MB at a time.")
+            return []
+        if len(files) > MAX_FILES_PER_UPLOAD:
+            self.show_error(f"{len(files)} photos were sent at once; the first {MAX_FILES_PER_UPLOAD} were checked. "
+                            "Please upload the others separately.")
+            files = files[:MAX_FILES_PER_UPLOAD]
         added = []
         for number, (name, data) in enumerate(files, start=1):
             self.busy.value = f"<span class='smilekit-note'>Checking photo {number} of {len(files)}…</span>"
             try:
+                if data is None:
+                    raise ImageError("this upload could not be read. Please pick the photo again.")
                 added.append(self._add_photo(name, data))
             except ImageError as err:
                 self.show_error(f"{name}: {err}")
             except Exception:  # noqa: BLE001 - one bad photo must not stop the others
                 log.exception("could not process upload %r", name)
                 self.show_error(f"{name}: something went wrong while checking this photo. Please try another one.")
+            _return_freed_memory()  # the decoded photo is gone; give its memory back before the next one
         self.busy.value = ""
-        _return_freed_memory()
         self.refresh_metrics()  # other sessions' feedback since the last look
         return added
 
     def _add_photo(self, name: str, data: bytes) -> int:
         if self.predictor is None:
             raise ImageError("No smile model is loaded, so photos cannot be checked.")
-        if len(data) > MAX_FILE_BYTES:
-            raise ImageError(f"This file is {len(data) / 2**20:.1f} MB; the limit is {MAX_FILE_BYTES >> 20} MB per photo.")
+        size = memoryview(data).nbytes
+        if size > MAX_FILE_BYTES:
+            raise ImageError(f"This file is {size / 2**20:.1f} MB; the limit is {MAX_FILE_BYTES >> 20} MB per photo.")
         start = time.perf_counter()
         prediction = self.predictor.predict(bytes(data))
         photo = Photo(name, photo_hash(data), prediction)
@@ -256,18 +338,38 @@ class SmileApp:
         return photo.cards[0].face
 
     def give_feedback(self, photo_idx: int, face_idx: int, correct: bool) -> int | None:
-        """Save whether the model was right about one face (again: change the verdict); returns the row id."""
-        photo = self.photos[photo_idx]
-        card = photo.cards[face_idx]
+        """Save whether the model was right about one face (again: change the verdict); returns the row id.
+
+        While the database is busy the verdict is kept and saved with the next click or refresh.
+        """
         if self.store is None:
             self.show_error("The feedback database is not reachable; your verdict was not saved.")
             return None
+        self._save_unsaved()
+        return self._save_verdict(photo_idx, face_idx, correct)
+
+    def _save_verdict(self, photo_idx: int, face_idx: int, correct: bool) -> int | None:
+        photo = self.photos[photo_idx]
+        card = photo.cards[face_idx]
         face = card.face
-        row_id = self.store.record(
-            session_id=self.session_id, photo_sha256=photo.sha256, face_index=face.index, box=face.box.as_tuple(),
-            probability=face.probability, model_version=photo.prediction.model_version, correct=correct,
-            crop_png=render.crop_png(face.crop) if self.consent else None,
-        )
+        if (photo.sha256, face.index) not in self.faces_judged and len(self.faces_judged) >= MAX_VERDICTS_PER_SESSION:
+            card.status.value = render.error_html(f"Not saved: one visit can give verdicts on at most {MAX_VERDICTS_PER_SESSION} faces.")
+            return None
+        card.status.value = "<span class='smilekit-note'>Saving…</span>"
+        try:
+            row_id = self.store.record(
+                session_id=self.session_id, photo_sha256=photo.sha256, face_index=face.index, box=face.box.as_tuple(),
+                probability=face.probability, model_version=photo.prediction.model_version, correct=correct,
+                crop_png=render.crop_png(face.crop) if self.consent else None,
+            )
+        except FeedbackWriteError as err:
+            log.warning("verdict not saved: %s", err)
+            if isinstance(err, DatabaseBusy):
+                self.unsaved[(photo_idx, face_idx)] = correct
+            card.status.value = render.error_html(str(err))
+            return None
+        self.unsaved.pop((photo_idx, face_idx), None)
+        self.faces_judged.add((photo.sha256, face.index))
         card.verdict = correct
         card.correct_button.button_style = "success" if correct else ""
         card.incorrect_button.button_style = "" if correct else "danger"
@@ -276,13 +378,33 @@ class SmileApp:
         self.refresh_metrics()
         return row_id
 
+    def _save_unsaved(self) -> None:
+        """Retry what the database could not take before: kept verdicts and withdrawn crops."""
+        if self.crops_to_forget:
+            self._forget_crops()
+        for (photo_idx, face_idx), correct in list(self.unsaved.items()):
+            if self.photos[photo_idx].cards:  # still on the page
+                self._save_verdict(photo_idx, face_idx, correct)
+            else:
+                self.unsaved.pop((photo_idx, face_idx))
+
     def set_consent(self, consent: bool) -> None:
         """Tick: crops are kept with the next verdicts. Untick: this session's kept crops are deleted."""
         self.consent = bool(consent)
         if self.consent_box.value != self.consent:
             self.consent_box.value = self.consent
         if not self.consent and self.store is not None:
+            self._forget_crops()
+
+    def _forget_crops(self) -> None:
+        self.crops_to_forget = True
+        try:
             self.store.forget_crops(self.session_id)
+        except FeedbackWriteError as err:
+            log.warning("crops not deleted yet: %s", err)
+            self.show_error(f"Your kept face crops could not be deleted yet ({err}); this is retried with your next click.")
+            return
+        self.crops_to_forget = False
 
     def set_saliency(self, show: bool) -> None:
         """Show each face as the model's crop with where it looked, or as the plain face."""
@@ -294,10 +416,17 @@ class SmileApp:
                 card.picture.value = self._card_picture(card)
 
     def refresh_metrics(self) -> None:
+        """Redraw the live panel from the database."""
         if self.store is None:
             self.metrics.value = "<i>Feedback statistics are unavailable.</i>"
             return
         self.metrics.value = render.metrics_html(self.store.stats(), self.predictor.version if self.predictor else None)
+
+    def refresh(self) -> None:
+        """The Refresh button: save what is still waiting, then redraw the live panel."""
+        if self.store is not None:
+            self._save_unsaved()
+        self.refresh_metrics()
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -307,7 +436,7 @@ class SmileApp:
         self.messages.children = (*self.messages.children, box)
 
     def _on_upload(self, change) -> None:
-        files = [(f["name"], bytes(f["content"])) for f in change["new"]]
+        files = [(f["name"], f["content"]) for f in change["new"]]  # the message's own buffers: no copy
         if not files:
             return
         self.upload.value = ()  # drop the bytes from the widget; also lets the same file be picked again

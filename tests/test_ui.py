@@ -1,10 +1,11 @@
 """The app driven through its action methods and widget callbacks, with real face photos."""
 from __future__ import annotations
 
+import html
 import io
+import logging
+import re
 from datetime import datetime, timezone
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from smilekit.feedback import FeedbackStore, photo_hash
 from smilekit.predict import Predictor
 
 from conftest import COLLAGE_IDS, make_collage
+from hostile_files import hostile_files, png_header_only
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +70,8 @@ def card_text(card) -> str:
 
 
 def errors(app) -> list[str]:
-    return [m.value for m in app.messages.children if "smilekit-error" in m._dom_classes]
+    """The app's error messages as the person reads them (tags stripped, entities unescaped)."""
+    return [html.unescape(re.sub(r"<[^>]+>", "", m.value)) for m in app.messages.children if "smilekit-error" in m._dom_classes]
 
 
 def test_widget_has_stable_classes(app):
@@ -187,16 +190,8 @@ def test_bad_file_gives_message_and_next_upload_works(app, face_jpeg, make_bad, 
     assert len(app.photos[0].cards) == 1
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims to be width x height (a decompression bomb's header)."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
 def test_decompression_bomb_and_oversized_files(app, face_jpeg):
-    app.handle_upload([("bomb.png", _png_header_only(40_000, 40_000)), ("huge.jpg", face_jpeg + b"\0" * ui.MAX_FILE_BYTES),
+    app.handle_upload([("bomb.png", png_header_only(40_000, 40_000)), ("huge.jpg", face_jpeg + b"\0" * ui.MAX_FILE_BYTES),
                        ("face.jpg", face_jpeg)])
     bomb, huge = errors(app)
     assert "bomb.png" in bomb and "too large" in bomb
@@ -302,3 +297,157 @@ def test_app_without_a_model_explains(monkeypatch, store, tmp_path):
     assert app.upload.disabled
     (error,) = errors(app)
     assert "model" in error
+
+
+# -- what arrives from the page is checked, not trusted ---------------------------------
+
+def test_upload_value_from_the_browser_is_checked():
+    read = ui._read_uploaded_files
+    assert read("not a list", None) == []
+    assert read(None, None) == []
+    (no_keys, text_content, fine) = read([{}, {"name": "a.jpg", "content": "text"}, {"name": "b" * 500, "content": b"xy"}], None)
+    assert no_keys == {"name": "unnamed file", "content": None}
+    assert text_content == {"name": "a.jpg", "content": None}
+    assert fine["name"] == "b" * 200 and fine["content"] == b"xy"
+    assert read([1, "x", None], None) == [{"name": "unnamed file", "content": None}] * 3
+
+
+def test_unreadable_entries_get_a_message_and_the_rest_is_checked(app, face_jpeg):
+    app.upload.set_state({"value": [{"name": "broken.jpg", "content": "not bytes"}, {}]})  # as a crafted message would
+    assert app.photos == []
+    assert [e.split(":")[0] for e in errors(app)] == ["broken.jpg", "unnamed file"]
+    assert all("could not be read" in e for e in errors(app))
+    app.handle_upload([("face.jpg", memoryview(face_jpeg))])
+    assert len(app.photos) == 1 and errors(app) == []
+
+
+def _tiny_png(value: int) -> bytes:
+    return encode(Image.new("RGB", (32, 32), (value, value, value)), "PNG")
+
+
+def test_too_many_photos_in_one_message(app):
+    files = [(f"{n}.png", _tiny_png(n)) for n in range(3 * ui.MAX_FILES_PER_UPLOAD)]
+    app.handle_upload(files)
+    assert len(app.photos) == ui.MAX_FILES_PER_UPLOAD
+    (first, *_rest) = errors(app)
+    assert f"{3 * ui.MAX_FILES_PER_UPLOAD} photos were sent at once" in first and f"first {ui.MAX_FILES_PER_UPLOAD}" in first
+
+
+def test_too_many_bytes_in_one_message(app, monkeypatch):
+    monkeypatch.setattr(ui, "MAX_UPLOAD_BYTES", 1000)
+    app.handle_upload([("a.png", _tiny_png(1)), ("b.png", b"\0" * 1000)])
+    assert app.photos == []
+    (error,) = errors(app)
+    assert "add up to" in error
+
+
+def test_verdicts_per_visit_are_capped(app, store, collage_jpeg, monkeypatch):
+    monkeypatch.setattr(ui, "MAX_VERDICTS_PER_SESSION", 2)
+    app.handle_upload([("group.jpg", collage_jpeg)])
+    assert app.give_feedback(0, 0, True) is not None
+    assert app.give_feedback(0, 1, True) is not None
+    assert app.give_feedback(0, 0, False) is not None  # changing a verdict is not a new face
+    assert app.give_feedback(0, 2, True) is None
+    assert "at most 2 faces" in app.photos[0].cards[2].status.value
+    assert len(store.rows()) == 2
+
+
+def test_errors_and_warnings_stay_on_the_server(capsys):
+    import warnings
+
+    class Shell:
+        def showtraceback(self, *args, **kwargs):
+            print("Traceback (most recent call last): sent to the page")
+
+    shell = Shell()
+    try:
+        ui.keep_errors_on_the_server(shell)
+        try:
+            raise KeyError("content")
+        except KeyError:
+            shell.showtraceback()
+        warnings.warn("Corrupt EXIF data in /srv/some/path.py")
+        out = capsys.readouterr()
+        assert "Traceback" not in out.out and "Corrupt EXIF" not in out.out + out.err
+    finally:
+        logging.captureWarnings(False)
+
+
+# -- a busy or read-only database is said plainly, and nothing clicked is lost ----------
+
+def test_busy_database_keeps_the_click_and_saves_it_later(app, store, collage_jpeg, monkeypatch):
+    from smilekit.feedback import DatabaseBusy
+
+    app.handle_upload([("group.jpg", collage_jpeg)])
+    real_record = store.record
+    busy = {"on": True}
+    statuses = []
+
+    def record(**kwargs):
+        statuses.append(app.photos[0].cards[kwargs["face_index"]].status.value)
+        if busy["on"]:
+            raise DatabaseBusy("The feedback database is busy; your verdict was not saved yet.")
+        return real_record(**kwargs)
+
+    monkeypatch.setattr(store, "record", record)
+    assert app.give_feedback(0, 0, False) is None
+    assert "Saving" in statuses[0]  # shown while the database is asked
+    assert "busy" in app.photos[0].cards[0].status.value and "Saved" not in app.photos[0].cards[0].status.value
+    assert store.rows() == []
+    busy["on"] = False
+    app.give_feedback(0, 1, True)  # the next click saves the kept one too
+    rows = {r["face_index"]: r["verdict"] for r in store.rows()}
+    assert rows == {0: "incorrect", 1: "correct"}
+    assert "Saved: incorrect" in app.photos[0].cards[0].status.value
+    assert app.unsaved == {}
+
+
+def test_read_only_database_says_so(app, store, face_jpeg, monkeypatch):
+    from smilekit.feedback import DatabaseReadOnly
+
+    app.handle_upload([("face.jpg", face_jpeg)])
+
+    def read_only(**_):
+        raise DatabaseReadOnly("The feedback database is read-only, so verdicts cannot be saved.")
+
+    monkeypatch.setattr(store, "record", read_only)
+    app.give_feedback(0, 0, True)
+    assert "read-only" in app.photos[0].cards[0].status.value
+    assert app.unsaved == {}  # retrying would not help
+
+
+def test_withdrawn_consent_is_retried_until_the_crops_are_gone(app, store, face_jpeg, monkeypatch):
+    from smilekit.feedback import DatabaseBusy
+
+    app.handle_upload([("face.jpg", face_jpeg)])
+    app.set_consent(True)
+    app.give_feedback(0, 0, True)
+    real_forget = store.forget_crops
+
+    def busy(_session):
+        raise DatabaseBusy("The feedback database is busy.")
+
+    monkeypatch.setattr(store, "forget_crops", busy)
+    app.set_consent(False)
+    assert "could not be deleted yet" in errors(app)[-1]
+    assert len(store.consented_crops()) == 1
+    monkeypatch.setattr(store, "forget_crops", real_forget)
+    app.refresh()
+    assert store.consented_crops() == []
+    assert not app.crops_to_forget
+
+
+def test_hostile_files_get_a_clear_answer(app, face_jpeg):
+    """Each file of the battery: its own photo panel or a message naming it, never a generic failure."""
+    battery = hostile_files(face_jpeg)
+    assert len(battery) >= 30
+    for name, data in battery.items():
+        shown = app.handle_upload([(name, data)])
+        messages = errors(app)
+        if shown:
+            assert messages == [], (name, messages)
+        else:
+            (message,) = messages
+            assert message.startswith(f"{name}: ") and "went wrong" not in message, (name, message)
+    app.handle_upload([("face.jpg", face_jpeg)])  # and the app still works
+    assert len(app.photos[-1].cards) == 1 and errors(app) == []
