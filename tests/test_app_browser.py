@@ -133,3 +133,30 @@ def test_phone_layout_and_bigupload(browser, server, files, screenshots):
     expect(page.locator(".smilekit-photo").first).to_contain_text("1 face found")
     expect(cards).to_have_count(len(COLLAGE_IDS) + 1)
     page.close()
+
+
+def test_locked_database_is_said_quickly_and_the_click_is_kept(browser, server, files):
+    """Another writer holds the SQLite lock: the card says so within seconds, and the verdict is saved later."""
+    import sqlite3
+
+    from playwright.sync_api import expect
+
+    page = open_app(browser, server, 1280)
+    upload(page, [files["face"]])
+    card = page.locator(".smilekit-face").last
+    expect(card).to_contain_text("Was the model right?")
+    before = len(_wait_for_rows(server.db_url, lambda r: True, "the database"))
+    lock = sqlite3.connect(server.db_url.removeprefix("sqlite:///"), isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    try:
+        start = time.monotonic()
+        card.locator(".smilekit-correct").click()
+        expect(card).to_contain_text("busy")
+        print(f"locked database: message after {time.monotonic() - start:.1f} s (2 shared cores)")
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    page.locator(".smilekit-app .widget-button", has_text="Refresh").click()  # saves the kept click
+    expect(card).to_contain_text("Saved: correct")
+    _wait_for_rows(server.db_url, lambda r: len(r) == before + 1, "the kept verdict")
+    page.close()
