@@ -102,12 +102,26 @@ def _hog_boxes(gray: np.ndarray, upsample=1, pad=0.0):
     return boxes
 
 
+#: the twice-upsampled HOG last resort runs on at most this long side: it only has to see faces of at least
+#: LAST_RESORT_MIN_FRACTION of the short side, and on a 640-pixel photo (3,584 pixels upsampled and padded) it
+#: took ~100 MB. Photos up to this size (CelebA's 178 x 218, SMILEsmileD's 64 x 64) are unchanged.
+LAST_RESORT_HOG_MAX_SIDE = 320
+
+
+def _hog_reduced(gray: np.ndarray, upsample: int, pad: float) -> list[Box]:
+    scale = min(1.0, LAST_RESORT_HOG_MAX_SIDE / max(gray.shape))
+    if scale < 1.0:
+        size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    return [b.scaled(1 / scale) for b in _hog_boxes(gray, upsample=upsample, pad=pad)]
+
+
 def _last_resort(gray: np.ndarray) -> list[Box]:
     """Lenient detectors, tried only when the normal ones find nothing; one large face at most."""
     attempts = (
         lambda: _haar(gray, "frontalface_alt2", 3, pad=0.15),
         lambda: _haar(gray, min_neighbors=3, pad=0.15),
-        lambda: _hog_boxes(gray, upsample=2, pad=0.2),
+        lambda: _hog_reduced(gray, upsample=2, pad=0.2),
         lambda: _haar(gray, "profileface", 3, pad=0.15),
         lambda: _haar(gray, "profileface", 3, pad=0.15, flip=True),
         lambda: _haar(cv2.equalizeHist(gray), min_neighbors=3, pad=0.15),  # dark or low-contrast faces
@@ -198,12 +212,18 @@ def face_in_crop(image: Image.Image) -> Box:
     """The face box of an image that is already a face crop (the face fills the frame).
 
     Detects on the crop padded by half its side; if nothing is found, uses the
-    median geometry measured on SMILEsmileD.
+    median geometry measured on SMILEsmileD. Like :func:`detect_faces`, large
+    images are detected on a copy reduced to :data:`DETECT_MAX_SIDE`: the padding
+    grows with the long side, and Haar on a padded 2048-pixel strip took ~500 MB.
     """
     gray = np.asarray(image.convert("L"))
+    scale = min(1.0, DETECT_MAX_SIDE / max(gray.shape))
+    if scale < 1.0:
+        size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
     boxes = _haar(gray, pad=0.5)
     if boxes:
-        return max(boxes, key=lambda b: b.w)
+        return max(boxes, key=lambda b: b.w).scaled(1 / scale)
     side = min(image.size)
     fx, fy, fs = CROP_BOX_IN_TIGHT_CROP
     return Box(int(round(fx * side)), int(round(fy * side)), int(round(fs * side)), int(round(fs * side)))

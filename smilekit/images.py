@@ -1,16 +1,81 @@
-"""Open any photo a person might upload, safely, as an RGB Pillow image."""
+"""Open any photo a person might upload, safely, as an RGB Pillow image.
+
+Memory: a kernel holds about 140 MB at rest and should stay under 300 MB while
+it checks one photo (``benchmarks/bench_memory.py``). JPEGs are decoded already
+reduced (libjpeg's draft mode: 1/2, 1/4 or 1/8 of the size), so they may be
+large. Every other format (PNG, WebP, GIF, BMP, TIFF, HEIC, AVIF) is decoded at
+full size first, so its pixel count is checked from the header before decoding
+(:data:`MAX_DECODED_PIXELS`), and the decoded photo is then converted and
+reduced band by band, so no full-size copy is made beside it. Progressive JPEGs
+are the exception among JPEGs: libjpeg keeps every DCT coefficient of the
+photo while decoding them, whatever the draft size
+(:data:`MAX_PROGRESSIVE_COEFFICIENT_BYTES`). HEIC pixels are read from libheif's
+buffer without a second full-size copy in Pillow.
+"""
 from __future__ import annotations
 
 import io
 import warnings
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError, features
 
-#: photos above this many pixels are refused (Pillow's own bomb guard stays on too)
+try:  # HEIC/HEIF (iPhone photos) through libheif; Pillow reads AVIF itself
+    import pillow_heif
+except ImportError:  # pragma: no cover - pillow-heif is a pinned dependency
+    pillow_heif = None
+else:
+    # the primary image only: no thumbnails, depth maps or auxiliary images are decoded or kept
+    pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False, decode_threads=2)
+
+#: photos above this many pixels are refused (JPEGs, decoded reduced by draft mode)
 MAX_PIXELS = 100_000_000
+#: formats decoded at full size (all but JPEG) are refused above this many pixels. Pillow holds RGB and RGBA
+#: at 4 bytes a pixel, so 25 MP is 100 MB decoded; measured with benchmarks/bench_memory.py, a whole upload
+#: of a 24 MP PNG peaks ~140 MB above the kernel at rest (40 MP: ~210 MB, over the 300 MB a kernel may reach).
+#: 25 MP keeps 24 MP phone photos (HEIC 5,712 x 4,284, ~130 MB) and anything a 24 MP camera saves.
+MAX_DECODED_PIXELS = 25_000_000
+#: progressive JPEGs: libjpeg keeps every DCT coefficient of the photo (2 bytes each) while decoding, however
+#: small the draft; refused above this many bytes of coefficients (40 MP of 4:2:0 colour: ~145 MB measured)
+MAX_PROGRESSIVE_COEFFICIENT_BYTES = 120_000_000
 #: photos are reduced to at most this long side before any work (faces stay > 64 px)
 WORK_MAX_SIDE = 2048
+#: rows converted at a time when a full-size photo is reduced (a few MB per band)
+BAND_ROWS = 256
+
+#: formats whose decoder can scale down while decoding (MPO: phones' JPEG with a second image)
+_DRAFT_FORMATS = ("JPEG", "MPO")
+#: EXIF orientation -> the transposition that shows the photo upright (as ImageOps.exif_transpose)
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+
+
+def _readable() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(Pillow format ids, names for people, file extensions) of the formats this installation really opens.
+
+    Only these are opened: others Pillow knows (EPS, PSD, ICO, ...) are refused as "not an image".
+    """
+    Image.init()
+    ids, names, extensions = [], [], []
+    for fid, name, exts, available in (
+        ("JPEG", "JPEG", (".jpg", ".jpeg"), True), ("MPO", None, (), True), ("PNG", "PNG", (".png",), True),
+        ("HEIF", "HEIC", (".heic", ".heif"), pillow_heif is not None), ("AVIF", "AVIF", (".avif",), features.check("avif")),
+        ("WEBP", "WebP", (".webp",), features.check("webp")), ("GIF", "GIF", (".gif",), True), ("BMP", "BMP", (".bmp",), True),
+        ("TIFF", "TIFF", (".tif", ".tiff"), True),
+    ):
+        if available and fid in Image.OPEN:
+            ids.append(fid)
+            names += [name] if name else []
+            extensions += exts
+    return tuple(ids), tuple(names), tuple(extensions)
+
+
+_FORMAT_IDS, _NAMES, _EXTENSIONS = _readable()
+#: the formats people can upload, for messages: "JPEG, PNG, HEIC, AVIF, WebP, GIF, BMP or TIFF"
+FORMATS = ", ".join(_NAMES[:-1]) + " or " + _NAMES[-1]
+#: ``accept`` for the upload widget: any image type, plus the extensions browsers may not map to image/*
+ACCEPT = ",".join(("image/*", *_EXTENSIONS))
 
 
 class ImageError(ValueError):
@@ -22,50 +87,162 @@ def load_image(source, max_side: int = WORK_MAX_SIDE) -> Image.Image:
 
     Honours EXIF rotation, flattens transparency on white, converts any mode
     (CMYK, 16-bit, palette, ...) and reduces very large photos to ``max_side``.
-    Raises :class:`ImageError` with a readable message for anything that is not
-    a usable image.
+    Checks the pixel count in the header before decoding (see the module's
+    notes on memory). Raises :class:`ImageError` with a readable message for
+    anything that is not a usable image.
     """
-    if isinstance(source, Image.Image):
-        image = source
-    else:
-        data = Path(source).read_bytes() if isinstance(source, (str, Path)) else bytes(source)
-        if not data:
-            raise ImageError("The file is empty.")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(io.BytesIO(data))
-        except UnidentifiedImageError:
-            raise ImageError("This file is not an image SmileKit can read (JPEG, PNG, WebP, GIF, BMP or TIFF).") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageError("This image is too large to process (too many pixels).") from None
-    width, height = image.size
-    if width * height > MAX_PIXELS:
-        raise ImageError(f"This image is too large to process ({width}x{height} pixels; the limit is {MAX_PIXELS // 1_000_000} megapixels).")
+    opened = not isinstance(source, Image.Image)
+    full = _open(source) if opened else source
     try:
-        if getattr(image, "format", None) == "JPEG":
-            image.draft("RGB", (max_side, max_side))  # fast JPEG downscale while decoding
-        image.seek(0)  # first frame of animations
+        _check_size(full)
+        try:
+            full.seek(0)  # first frame of animations
+            if getattr(full, "format", None) in _DRAFT_FORMATS and max(full.size) > max_side:
+                full.draft("RGB", _fitted(full.size, max_side))  # libjpeg decodes at 1/2, 1/4 or 1/8 size
+            pixels = _decoded(full)
+            orientation = full.getexif().get(0x0112, 1)
+            image = _reduced_rgb(pixels, max_side)
+            del pixels
+            if image is not full and opened:
+                _release(full)
+            if max(image.size) > max_side:
+                image = image.resize(_fitted(image.size, max_side), Image.LANCZOS)
+                if opened:
+                    _release(full)
+            if orientation in _UPRIGHT:
+                image = image.transpose(_UPRIGHT[orientation])  # on the reduced photo: cheap
+        except (OSError, SyntaxError, ValueError, EOFError) as err:
+            raise ImageError(f"The image could not be decoded (the file may be truncated or damaged): {err}") from None
+        if image is full and opened:
+            image = full._new(full.im)  # same pixels, without the file object (and the upload's bytes) behind it
+        return image
+    finally:
+        if opened:
+            _release(full)
+
+
+def _release(image: Image.Image) -> None:
+    """Free an opened photo's full-size pixels now, not whenever the caller lets go of the photo."""
+    image.close()
+    if getattr(image, "_heif_file", None) is not None:
+        image._heif_file = None  # pillow-heif keeps libheif's decoded buffer here until the object goes
+
+
+def _open(source) -> ImageFile.ImageFile:
+    """Open bytes or a path lazily (only the header is read)."""
+    data = Path(source).read_bytes() if isinstance(source, (str, Path)) else bytes(source)
+    if not data:
+        raise ImageError("The file is empty.")
+    try:
+        with warnings.catch_warnings():
+            # Pillow's warning level (89 MP) is below MAX_PIXELS; _check_size decides per format instead.
+            # Its error level (179 MP) still applies and is reported below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data), formats=_FORMAT_IDS)
+    except UnidentifiedImageError:
+        raise ImageError(f"This file is not an image SmileKit can read ({FORMATS}).") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"This image is too large to process (too many pixels; the limit is {MAX_PIXELS // 1_000_000} megapixels).") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise ImageError(f"The image could not be read (the file may be truncated or damaged): {err}") from None
+
+
+def _decoded(image: Image.Image):
+    """Decode ``image``; a HEIC photo is left in libheif's buffer (``HeifImage``), read band by band below.
+
+    Pillow would copy it into an image of its own at 4 bytes a pixel beside libheif's 3.
+    """
+    heif = getattr(image, "_heif_file", None)  # pillow-heif's plugin, before loading
+    if heif is None or image.__class__.__name__ != "HeifImageFile":
         image.load()
-        image = ImageOps.exif_transpose(image)
-        image = _to_rgb(image)
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageError(f"The image could not be decoded (the file may be truncated or damaged): {err}") from None
-    if max(image.size) > max_side:
-        image.thumbnail((max_side, max_side), Image.LANCZOS)
-    return image
+        return image
+    return heif[image.tell()]
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def _check_size(image: Image.Image) -> None:
+    """Refuse, before decoding, photos whose decoding would take too much memory."""
+    width, height = image.size
+    pixels = width * height
+    if pixels > MAX_PIXELS:
+        raise ImageError(f"This image is too large to process ({width}x{height} pixels; the limit is {MAX_PIXELS // 1_000_000} megapixels).")
+    fmt = getattr(image, "format", None)
+    if fmt is None or image.__class__ is Image.Image:
+        return  # already decoded by the caller
+    if fmt not in _DRAFT_FORMATS and pixels > MAX_DECODED_PIXELS:
+        raise ImageError(f"This {_human(fmt)} image is too large to process ({width}x{height} pixels; the limit is "
+                         f"{MAX_DECODED_PIXELS // 1_000_000} megapixels for {_human(fmt)}, {MAX_PIXELS // 1_000_000} for JPEG). "
+                         "Please upload a smaller copy, or the photo as a JPEG.")
+    if fmt in _DRAFT_FORMATS and image.info.get("progressive"):
+        limit = int(MAX_PROGRESSIVE_COEFFICIENT_BYTES / _coefficient_bytes_per_pixel(image))
+        if pixels > limit:
+            raise ImageError(f"This progressive JPEG is too large to process ({width}x{height} pixels; the limit is "
+                             f"{limit // 1_000_000} megapixels for progressive JPEGs of this kind). Please upload a smaller copy.")
+
+
+def _coefficient_bytes_per_pixel(image: Image.Image) -> float:
+    """Bytes of DCT coefficients per pixel libjpeg buffers for a progressive JPEG (3.0 for 4:2:0 colour)."""
+    layers = getattr(image, "layer", None) or [(0, 1, 1, 0)] * len(image.getbands())
+    h_max, v_max = max(layer[1] for layer in layers), max(layer[2] for layer in layers)
+    return 2.0 * sum(layer[1] * layer[2] / (h_max * v_max) for layer in layers)
+
+
+def _human(fmt: str) -> str:
+    return {"HEIF": "HEIC", "WEBP": "WebP"}.get(fmt, fmt)
+
+
+def _fitted(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """``size`` scaled so its long side is ``max_side`` (aspect ratio kept)."""
+    scale = max_side / max(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def _reduced_rgb(pixels, max_side: int) -> Image.Image:
+    """RGB ``pixels`` (a Pillow image or a decoded ``HeifImage``), box-reduced by the whole factor that keeps
+    the long side at least ``max_side`` (a LANCZOS resize finishes).
+
+    The photo is converted and reduced BAND_ROWS rows at a time into a new
+    image, so the only full-size pixels are the decoded ones. Returns a
+    Pillow RGB image given as it is when there is nothing to do.
+    """
+    width, height = pixels.size
+    factor = max(1, max(width, height) // max_side)
+    is_pillow = isinstance(pixels, Image.Image)
+    if is_pillow and factor == 1 and pixels.mode == "RGB":
+        return pixels
+    stretch = _stretch(pixels) if is_pillow else None
+    out = Image.new("RGB", (-(-width // factor), -(-height // factor)))
+    rows = max(1, BAND_ROWS // factor) * factor
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        if is_pillow:
+            band = pixels.crop((0, top, width, bottom))
+        else:  # rows of libheif's buffer, copied a band at a time
+            buffer = memoryview(pixels.data)[top * pixels.stride : bottom * pixels.stride]
+            band = Image.frombuffer(pixels.mode, (width, bottom - top), buffer, "raw", pixels.mode, pixels.stride, 1)
+        band = _to_rgb(band, stretch)
+        out.paste(band.reduce(factor) if factor > 1 else band, (0, top // factor))
+    if is_pillow:
+        out.info = dict(pixels.info)
+    return out
+
+
+def _stretch(image: Image.Image):
+    """For 16-bit / float greyscale: the map to 8 bits by the whole image's own range, else None."""
+    if image.mode not in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return None
+    lo, hi = image.getextrema()
+    scale = 255.0 / (hi - lo) if hi > lo else 1.0
+    return lambda v: (v - lo) * scale
+
+
+def _to_rgb(image: Image.Image, stretch=None) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16-bit / float greyscale: stretch to 8 bits by the image's own range
-        lo, hi = image.getextrema()
-        scale = 255.0 / (hi - lo) if hi > lo else 1.0
-        image = image.point(lambda v: (v - lo) * scale).convert("L")
+        image = image.point(stretch or _stretch(image)).convert("L")
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
         background = Image.new("RGB", image.size, (255, 255, 255))
-        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return image.convert("RGB")

@@ -1,10 +1,13 @@
 """Opening photos: formats, modes, EXIF rotation, size limits and clear errors."""
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
+from smilekit import images
 from smilekit.images import MAX_PIXELS, ImageError, load_image
 
 
@@ -62,3 +65,117 @@ def test_decompression_bomb_is_refused():
     assert len(data) < 5_000_000
     with pytest.raises(ImageError, match="too large"):
         load_image(data)
+
+
+# -- HEIC / AVIF, formats offered, memory budgets -------------------------------------------------------
+
+def _sideways_with_exif(upright: Image.Image) -> tuple[Image.Image, bytes]:
+    """``upright`` stored as a camera held sideways stores it: pixels rotated, EXIF orientation 6."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    return upright.rotate(90, expand=True), exif.tobytes()
+
+
+def _mean_difference(a: Image.Image, b: Image.Image) -> float:
+    return float(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b.resize(a.size), dtype=np.int16)).mean())
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_heic_and_avif_open_upright(fmt):
+    upright = Image.linear_gradient("L").resize((120, 80)).convert("RGB")  # dark top, light bottom
+    sideways, exif = _sideways_with_exif(upright)
+    image = load_image(_encode(sideways, fmt, quality=90, exif=exif))
+    assert image.mode == "RGB" and image.size == (120, 80)
+    assert _mean_difference(upright, image) < 8
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_heic_and_avif_of_a_real_face_photo(celeba_dir, fmt):
+    upright = Image.open(celeba_dir / "img" / "0.jpg").convert("RGB")
+    sideways, exif = _sideways_with_exif(upright)
+    image = load_image(_encode(sideways, fmt, quality=90, exif=exif))
+    assert image.size == upright.size  # portrait again
+    assert _mean_difference(upright, image) < 8  # the same picture, not a rotated or blank one
+
+
+def test_formats_and_accept_name_what_opens():
+    assert images.FORMATS == "JPEG, PNG, HEIC, AVIF, WebP, GIF, BMP or TIFF"
+    accepted = images.ACCEPT.split(",")
+    assert "image/*" in accepted and {".heic", ".heif", ".avif", ".jpg", ".png", ".webp", ".tif"} <= set(accepted)
+    with pytest.raises(ImageError, match="HEIC, AVIF"):
+        load_image(b"GIF87 but not really an image")
+
+
+def test_formats_outside_the_list_are_refused():
+    with pytest.raises(ImageError, match="not an image"):
+        load_image(_encode(Image.new("RGB", (20, 20)), "ICO"))
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that claims to be width x height (its pixels are never needed: the header is enough to refuse it)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_full_size_formats_are_refused_above_their_budget_before_decoding():
+    side = int(images.MAX_DECODED_PIXELS**0.5) + 10
+    with pytest.raises(ImageError, match=f"too large.*{images.MAX_DECODED_PIXELS // 1_000_000} megapixels for PNG"):
+        load_image(_png_header(side, side))
+
+
+def _decoded_sizes(monkeypatch) -> list:
+    seen = []
+    reduce = images._reduced_rgb
+    monkeypatch.setattr(images, "_reduced_rgb", lambda pixels, max_side: seen.append(pixels.size) or reduce(pixels, max_side))
+    return seen
+
+
+@pytest.mark.parametrize("mode,progressive", [("RGB", False), ("RGB", True), ("CMYK", False), ("L", True)])
+def test_jpegs_are_decoded_reduced(monkeypatch, mode, progressive):
+    seen = _decoded_sizes(monkeypatch)
+    source = Image.linear_gradient("L").resize((4000, 3000)).convert(mode)
+    image = load_image(_encode(source, "JPEG", progressive=progressive), max_side=500)
+    assert seen == [(500, 375)]  # libjpeg decoded at 1/8: the full 12 MP never existed
+    assert image.size == (500, 375) and image.mode == "RGB"
+
+
+def test_jpegs_above_the_full_size_budget_are_allowed(monkeypatch):
+    monkeypatch.setattr(images, "MAX_DECODED_PIXELS", 1_000_000)
+    assert load_image(_encode(Image.new("RGB", (2000, 1000)), "JPEG"), max_side=500).size == (500, 250)
+    with pytest.raises(ImageError, match="1 megapixels for PNG"):
+        load_image(_encode(Image.new("RGB", (2000, 1000)), "PNG"))
+
+
+def test_large_progressive_jpegs_are_refused(monkeypatch):
+    # libjpeg keeps all DCT coefficients of a progressive JPEG: 3 bytes a pixel for 4:2:0 colour
+    monkeypatch.setattr(images, "MAX_PROGRESSIVE_COEFFICIENT_BYTES", 3_000_000)
+    source = Image.new("RGB", (2000, 1000))
+    assert load_image(_encode(source, "JPEG"), max_side=500).size == (500, 250)  # baseline: fine
+    with pytest.raises(ImageError, match="progressive JPEG is too large.*limit is 1 megapixels"):
+        load_image(_encode(source, "JPEG", progressive=True))
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "P", "LA", "I;16", "CMYK"])
+def test_large_photos_of_any_mode_are_reduced_band_by_band(mode):
+    source = Image.new("RGB", (3000, 2000), (30, 60, 90))
+    source.paste((250, 200, 10), (0, 0, 1500, 2000))  # left half yellow
+    if mode == "RGBA":
+        source = source.convert("RGBA")
+        source.paste((0, 0, 0, 0), (0, 1000, 3000, 2000))  # bottom half transparent: white once flattened
+    elif mode == "I;16":
+        source = Image.fromarray((np.asarray(source.convert("L"), dtype=np.uint16) * 200))
+    else:
+        source = source.convert(mode)
+    image = load_image(_encode(source, "TIFF" if mode == "CMYK" else "PNG"), max_side=300)
+    assert image.size == (300, 200) and image.mode == "RGB"
+    left, right = np.asarray(image)[50, 20].astype(int), np.asarray(image)[50, 280].astype(int)
+    assert np.abs(left - right).sum() > 60  # the two halves stay distinct
+    if mode == "RGBA":
+        assert tuple(np.asarray(image)[180, 150]) == (255, 255, 255)
+
+
+def test_the_photo_returned_holds_no_file():
+    image = load_image(_encode(Image.new("RGB", (40, 30)), "PNG"))
+    assert not isinstance(image, ImageFile.ImageFile)  # the upload's bytes are not kept alive with the photo
