@@ -18,6 +18,8 @@ COPY --chown=smilekit scripts ./scripts
 RUN scripts/setup
 
 COPY --chown=smilekit voila.json ./
+# the page's Voilà template (scripts/serve finds it through JUPYTER_PATH)
+COPY --chown=smilekit share/jupyter/voila/templates/smilekit ./share/jupyter/voila/templates/smilekit
 COPY --chown=smilekit notebooks/app.ipynb ./notebooks/app.ipynb
 
 # listen on every interface inside the container; feedback goes to the /data volume
