@@ -7,9 +7,12 @@
  * banner ("Connection lost — reload the page to continue", a .smilekit-reload button) when
  *   - the kernel reports it died or was restarted (an iopub "status" message with execution_state
  *     "restarting", "autorestarting" or "dead"; a restarted kernel has none of the app's widgets),
- *   - the websocket closes and the server no longer knows the kernel (404) or does not answer,
+ *   - the websocket closes and the server no longer knows the kernel (404) or does not answer
+ *     (twice, CONFIRM_MS apart, so a network blip the client reconnects from does not count),
  *   - the websocket stays closed for RECONNECT_GRACE_MS although the server answers,
- *   - the server stops answering the periodic check (HEARTBEAT_MS, HEARTBEAT_FAILURES in a row).
+ *   - the server stops answering the periodic check of the kernel (HEARTBEAT_MS, HEARTBEAT_FAILURES
+ *     in a row; a failure does not count while the websocket is still sending, as during a long
+ *     upload on a slow link, or has just received a message).
  * Messages come as JSON text (legacy protocol) or binary frames (v1.kernel.websocket.jupyter.org:
  * a little-endian uint64 count, uint64 offsets, then channel, header, parent header, metadata,
  * content, buffers).
@@ -20,7 +23,8 @@
   if (window.smilekitConnection) {
     return;
   }
-  var PROBE_TIMEOUT_MS = 3000;
+  var PROBE_TIMEOUT_MS = 4000;
+  var CONFIRM_MS = 700;
   var RECONNECT_GRACE_MS = 10000;
   var HEARTBEAT_MS = 5000;
   var HEARTBEAT_FAILURES = 2;
@@ -158,7 +162,20 @@
       if (kernel.open > 0) {
         return;
       }
-      judge(kernel, verdict, "websocket closed");
+      if (verdict !== "down") {
+        judge(kernel, verdict, "websocket closed");
+        return;
+      }
+      setTimeout(function () {
+        if (kernel.open > 0 || state.lost) {
+          return;
+        }
+        probe(kernel).then(function (again) {
+          if (kernel.open === 0) {
+            judge(kernel, again, "websocket closed");
+          }
+        });
+      }, CONFIRM_MS);
     });
     clearTimeout(kernel.graceTimer);
     kernel.graceTimer = setTimeout(function () {
@@ -177,14 +194,23 @@
       return;
     }
     var kernel = state.kernels[ids[ids.length - 1]];
+    var sentAt = performance.now();
     probe(kernel).then(function (verdict) {
       if (verdict === "ok") {
         kernel.failures = 0;
       } else if (verdict === "gone") {
         judge(kernel, verdict, "heartbeat");
+      } else if (kernel.lastMessageAt >= sentAt - HEARTBEAT_MS || sending(kernel)) {
+        kernel.failures = 0; // the websocket shows the server is alive, only slow to answer
       } else if (++kernel.failures >= HEARTBEAT_FAILURES) {
         judge(kernel, verdict, "heartbeat");
       }
+    });
+  }
+
+  function sending(kernel) {
+    return kernel.sockets.some(function (socket) {
+      return socket.readyState === 1 && socket.bufferedAmount > 0;
     });
   }
   setInterval(heartbeat, HEARTBEAT_MS);
@@ -245,10 +271,13 @@
         open: 0,
         failures: 0,
         graceTimer: null,
+        lastMessageAt: -Infinity,
+        sockets: [],
         probeUrl: origin + match[1] + "api/kernels/" + encodeURIComponent(id),
       };
     }
     var isOpen = false;
+    kernel.sockets.push(socket);
     socket.addEventListener("open", function () {
       isOpen = true;
       kernel.open += 1;
@@ -260,9 +289,13 @@
         isOpen = false;
         kernel.open -= 1;
       }
+      kernel.sockets = kernel.sockets.filter(function (s) {
+        return s !== socket;
+      });
       onClosed(kernel);
     });
     socket.addEventListener("message", function (event) {
+      kernel.lastMessageAt = performance.now();
       var executionState = statusOf(event.data);
       if (executionState && LOST_STATES[executionState]) {
         lose("kernel " + executionState);
