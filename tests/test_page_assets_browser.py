@@ -6,6 +6,7 @@ test machine is loaded, the target is 2 s.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -14,7 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import UI_TIMEOUT_MS, VoilaServer, dev_model, upload
+from conftest import UI_TIMEOUT_MS, VoilaServer, upload
 
 pytestmark = pytest.mark.browser
 
@@ -27,9 +28,9 @@ SERVER_HUNG_BOUND_S = 30
 
 
 @pytest.fixture(scope="module")
-def server(request, tmp_path_factory):
+def server(model_path, tmp_path_factory):
     pytest.importorskip("playwright.sync_api")
-    served = VoilaServer(tmp_path_factory.mktemp("voila-state"), dev_model(request, tmp_path_factory))
+    served = VoilaServer(tmp_path_factory.mktemp("voila-state"), model_path)
     yield served
     served.close()
 
@@ -137,6 +138,45 @@ def test_every_asset_comes_from_the_server_and_icons_load(browser, server, celeb
     page.close()
 
 
+def test_no_banner_when_the_websocket_reconnects_and_legacy_status_messages(browser, server, celeba_dir):
+    """A dropped websocket the client reopens to the same kernel is not a lost connection; status messages
+    in the legacy JSON protocol are read like binary ones, and only a restarting/dead kernel counts."""
+    from playwright.sync_api import expect
+
+    visit = Visit(browser, server, 1280)
+    page = visit.page
+    kernel_id = visit.kernel_id()
+    page.evaluate("id => { window.droppedSocket = window.smilekitConnection.kernels[id].sockets[0];"
+                  " window.droppedSocket.close(); }", kernel_id)
+    page.wait_for_function("id => { const k = window.smilekitConnection.kernels[id];"
+                           " return k.open === 1 && k.sockets.length === 1 && k.sockets[0] !== window.droppedSocket; }",
+                           arg=kernel_id, polling=100)
+    upload(page, [celeba_dir / "img" / "0.jpg"])
+    expect(page.locator(".smilekit-face")).to_have_count(1)
+    page.locator(".smilekit-face .smilekit-correct").click()
+    expect(page.locator(".smilekit-face")).to_contain_text("Saved: correct")
+    page.wait_for_timeout(1500)  # past the close check's confirmation
+    assert page.evaluate("window.smilekitConnection.lost") is False
+    assert page.locator(BANNER).count() == 0
+
+    def legacy(msg_type: str, content: dict) -> None:
+        message = {"header": {"msg_type": msg_type, "msg_id": "x", "session": "s", "username": "", "date": "",
+                              "version": "5.4"}, "parent_header": {}, "metadata": {}, "content": content,
+                   "buffers": [], "channel": "iopub"}
+        page.evaluate("""([id, text]) => window.smilekitConnection.kernels[id].sockets[0]
+                           .dispatchEvent(new MessageEvent('message', {data: text}))""", [kernel_id, json.dumps(message)])
+
+    page.on("pageerror", lambda error: None)  # Voilà's own client cannot read these frames; only the watcher matters
+    legacy("status", {"execution_state": "busy"})
+    legacy("stream", {"name": "stdout", "text": '"msg_type": "status", "execution_state": "dead"'})
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.smilekitConnection.lost") is False
+    legacy("status", {"execution_state": "dead"})
+    page.wait_for_selector(BANNER, state="visible", timeout=5000)
+    assert page.evaluate("window.smilekitConnection.reason") == "kernel dead"
+    page.close()
+
+
 def test_kernel_death_shows_banner_and_reload_recovers(browser, server, celeba_dir, screenshots):
     from playwright.sync_api import expect
 
@@ -170,9 +210,9 @@ def test_kernel_death_shows_banner_and_reload_recovers(browser, server, celeba_d
     page.close()
 
 
-def test_hung_and_stopped_server_show_banner(request, tmp_path_factory, browser, screenshots):
+def test_hung_and_stopped_server_show_banner(model_path, tmp_path_factory, browser, screenshots):
     """Its own server: first frozen (SIGSTOP, the websocket stays open), then killed with its process group."""
-    served = VoilaServer(tmp_path_factory.mktemp("voila-state-doomed"), dev_model(request, tmp_path_factory))
+    served = VoilaServer(tmp_path_factory.mktemp("voila-state-doomed"), model_path)
     try:
         hung = Visit(browser, served, 1280, 800)
         clock = hung.clock()
