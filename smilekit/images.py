@@ -5,8 +5,8 @@ it checks one photo (``benchmarks/bench_memory.py``). JPEGs are decoded already
 reduced (libjpeg's draft mode: 1/2, 1/4 or 1/8 of the size), so they may be
 large. Every other format (PNG, WebP, GIF, BMP, TIFF, HEIC, AVIF) is decoded at
 full size first, so its pixel count is checked from the header before decoding
-(:data:`MAX_DECODED_PIXELS`), and the decoded photo is then converted and
-reduced band by band, so no full-size copy is made beside it. Progressive JPEGs
+(:data:`MAX_DECODED_PIXELS`). The decoded photo is then converted and resized
+band by band, so no full-size copy is made beside it. Progressive JPEGs
 are the exception among JPEGs: libjpeg keeps every DCT coefficient of the
 photo while decoding them, whatever the draft size
 (:data:`MAX_PROGRESSIVE_COEFFICIENT_BYTES`). HEIC pixels are read from libheif's
@@ -15,6 +15,7 @@ buffer without a second full-size copy in Pillow.
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from pathlib import Path
 
@@ -36,12 +37,13 @@ MAX_PIXELS = 100_000_000
 #: 25 MP keeps 24 MP phone photos (HEIC 5,712 x 4,284, ~130 MB) and anything a 24 MP camera saves.
 MAX_DECODED_PIXELS = 25_000_000
 #: progressive JPEGs: libjpeg keeps every DCT coefficient of the photo (2 bytes each) while decoding, however
-#: small the draft; refused above this many bytes of coefficients (40 MP of 4:2:0 colour: ~145 MB measured)
-MAX_PROGRESSIVE_COEFFICIENT_BYTES = 120_000_000
+#: small the draft; refused above this many bytes of coefficients: 33 MP of 4:2:0 colour (a whole upload of a
+#: 40 MP one measured ~155 MB above the kernel at rest, too close to the 160 MB there is)
+MAX_PROGRESSIVE_COEFFICIENT_BYTES = 100_000_000
 #: photos are reduced to at most this long side before any work (faces stay > 64 px)
 WORK_MAX_SIDE = 2048
-#: rows converted at a time when a full-size photo is reduced (a few MB per band)
-BAND_ROWS = 256
+#: output rows converted and resized at a time (a few MB of full-size rows per band)
+BAND_ROWS = 128
 
 #: formats whose decoder can scale down while decoding (MPO: phones' JPEG with a second image)
 _DRAFT_FORMATS = ("JPEG", "MPO")
@@ -105,10 +107,6 @@ def load_image(source, max_side: int = WORK_MAX_SIDE) -> Image.Image:
             del pixels
             if image is not full and opened:
                 _release(full)
-            if max(image.size) > max_side:
-                image = image.resize(_fitted(image.size, max_side), Image.LANCZOS)
-                if opened:
-                    _release(full)
             if orientation in _UPRIGHT:
                 image = image.transpose(_UPRIGHT[orientation])  # on the reduced photo: cheap
         except (OSError, SyntaxError, ValueError, EOFError) as err:
@@ -197,33 +195,40 @@ def _fitted(size: tuple[int, int], max_side: int) -> tuple[int, int]:
 
 
 def _reduced_rgb(pixels, max_side: int) -> Image.Image:
-    """RGB ``pixels`` (a Pillow image or a decoded ``HeifImage``), box-reduced by the whole factor that keeps
-    the long side at least ``max_side`` (a LANCZOS resize finishes).
+    """``pixels`` (a Pillow image or a decoded ``HeifImage``) as RGB with its long side at most ``max_side``.
 
-    The photo is converted and reduced BAND_ROWS rows at a time into a new
-    image, so the only full-size pixels are the decoded ones. Returns a
-    Pillow RGB image given as it is when there is nothing to do.
+    Converted and LANCZOS-resized BAND_ROWS output rows at a time, each band
+    read with its filter's support around it, so the result is one resize's
+    (to rounding) and the only full-size pixels are the decoded ones. Returns a
+    Pillow RGB image as it is when there is nothing to do.
     """
     width, height = pixels.size
-    factor = max(1, max(width, height) // max_side)
+    size = _fitted(pixels.size, max_side) if max(pixels.size) > max_side else pixels.size
     is_pillow = isinstance(pixels, Image.Image)
-    if is_pillow and factor == 1 and pixels.mode == "RGB":
+    if is_pillow and size == pixels.size and pixels.mode == "RGB":
         return pixels
     stretch = _stretch(pixels) if is_pillow else None
-    out = Image.new("RGB", (-(-width // factor), -(-height // factor)))
-    rows = max(1, BAND_ROWS // factor) * factor
-    for top in range(0, height, rows):
-        bottom = min(height, top + rows)
-        if is_pillow:
-            band = pixels.crop((0, top, width, bottom))
-        else:  # rows of libheif's buffer, copied a band at a time
-            buffer = memoryview(pixels.data)[top * pixels.stride : bottom * pixels.stride]
-            band = Image.frombuffer(pixels.mode, (width, bottom - top), buffer, "raw", pixels.mode, pixels.stride, 1)
-        band = _to_rgb(band, stretch)
-        out.paste(band.reduce(factor) if factor > 1 else band, (0, top // factor))
-    if is_pillow:
-        out.info = dict(pixels.info)
+    scale_y = height / size[1]
+    margin = math.ceil(3 * scale_y) + 2 if size != pixels.size else 0  # LANCZOS reads 3 output pixels either side
+    out = Image.new("RGB", size)
+    for top in range(0, size[1], BAND_ROWS):
+        bottom = min(size[1], top + BAND_ROWS)
+        first = max(0, math.floor(top * scale_y) - margin)
+        last = min(height, math.ceil(bottom * scale_y) + margin)
+        band = _to_rgb(_rows(pixels, first, last), stretch)
+        if size != pixels.size:
+            box = (0, top * scale_y - first, width, bottom * scale_y - first)
+            band = band.resize((size[0], bottom - top), Image.LANCZOS, box=box)
+        out.paste(band, (0, top))
     return out
+
+
+def _rows(pixels, first: int, last: int) -> Image.Image:
+    """Rows ``first`` to ``last`` of a Pillow image or a ``HeifImage`` (copied from libheif's buffer)."""
+    if isinstance(pixels, Image.Image):
+        return pixels.crop((0, first, pixels.width, last))
+    buffer = memoryview(pixels.data)[first * pixels.stride : last * pixels.stride]
+    return Image.frombuffer(pixels.mode, (pixels.size[0], last - first), buffer, "raw", pixels.mode, pixels.stride, 1)
 
 
 def _stretch(image: Image.Image):
