@@ -133,6 +133,7 @@ done.set(); sampler.join()
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 if after > before:
     peak[0] = max(peak[0], after)
+del files  # the page's copy of the upload goes once it is handled
 gc.collect()
 end = proc.memory_info().rss
 errors = [getattr(w, "value", "") for w in app.messages.children]
