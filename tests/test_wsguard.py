@@ -228,13 +228,20 @@ def _connect(server, session_id: str, v1: bool):
     return ws
 
 
-def _receive(ws, wanted, timeout: float = 60):
-    """Messages from the socket until ``wanted(opcode, data)`` is true; returns that one."""
+def _receive(server, ws, wanted, timeout: float = 30):
+    """Messages from the socket until ``wanted(opcode, data)`` is true; returns that one.
+    If none comes in time, checks first whether the server is frozen (and kills it if so)."""
+    websocket = pytest.importorskip("websocket")
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        opcode, data = ws.recv_data(control_frame=True)
-        if wanted(opcode, data):
-            return opcode, data
+    ws.settimeout(timeout)
+    try:
+        while time.monotonic() < deadline:
+            opcode, data = ws.recv_data(control_frame=True)
+            if wanted(opcode, data):
+                return opcode, data
+    except websocket.WebSocketTimeoutException:
+        pass
+    _answer_time(server)
     pytest.fail("the expected message never came")
 
 
@@ -256,10 +263,10 @@ def test_one_hostile_frame_neither_freezes_nor_bloats_the_server(server, name):
         rss_before = server.process.memory_info().rss
         sent = time.monotonic()
         ws.send_binary(frame)
+        time.sleep(0.2)  # let the server read the frame before asking it for a page
         answer_s = _answer_time(server)
         # the guard closes the socket with 1007 (invalid payload) instead of parsing the frame
-        ws.settimeout(5)
-        opcode, data = _receive(ws, lambda op, _: op == 0x8)
+        opcode, data = _receive(server, ws, lambda op, _: op == 0x8, timeout=5)
         assert struct.unpack("!H", data[:2])[0] == wsguard.CLOSE_INVALID_PAYLOAD
         time.sleep(max(0.0, sent + 3 - time.monotonic()))
         _answer_time(server)
@@ -295,7 +302,7 @@ def test_legacy_protocol_binary_messages_both_ways(server):
             reply = deserialize_binary_message(data)
             return reply["msg_type"] == "comm_msg" and reply["content"]["comm_id"] == comm_id
 
-        _, frame = _receive(ws, is_state)
+        _, frame = _receive(server, ws, is_state)
         assert frame[:8] == b"\x00\x00\x00\x02\x00\x00\x00\x0c"  # a legacy frame, 8.6e17 offsets if read as v1
         reply = deserialize_binary_message(frame)
         assert reply["content"]["data"]["method"] in ("echo_update", "update") and reply["buffers"] == [PICTURE]
@@ -319,7 +326,7 @@ def test_well_formed_v1_traffic_still_flows(server):
             header = read_header_from_binary_message(data) if opcode == 0x2 else None
             return bool(header) and header["msg_type"] == "kernel_info_reply"
 
-        _receive(ws, is_reply)
+        _receive(server, ws, is_reply)
     finally:
         ws.close()
 
@@ -332,13 +339,25 @@ def test_frames_over_the_size_cap_are_refused_before_their_payload(server):
     ws = _connect(server, f"cap-{time.monotonic_ns()}", v1=True)
     try:
         ws.sock.sendall(struct.pack("!BBQ", 0x82, 0x80 | 127, _max_message_size() + 1) + b"mask")
-        ws.settimeout(10)
         try:
-            opcode, data = _receive(ws, lambda op, _: op == 0x8, timeout=10)
+            opcode, data = _receive(server, ws, lambda op, _: op == 0x8, timeout=10)
             assert struct.unpack("!H", data[:2])[0] == 1009
         except (websocket.WebSocketConnectionClosedException, ConnectionError):
             pass  # tornado closes with 1009 then aborts; the close frame may not arrive first
         _answer_time(server)
+    finally:
+        ws.close()
+    # and it is voila.json's cap, not tornado's 10 MiB default: a frame above that default is awaited
+    default_cap = 10 * 2**20
+    assert _max_message_size() > default_cap
+    ws = _connect(server, f"cap-{time.monotonic_ns()}", v1=True)
+    try:
+        ws.sock.sendall(struct.pack("!BBQ", 0x82, 0x80 | 127, default_cap + 1) + b"mask")
+        ws.settimeout(2)
+        with pytest.raises(websocket.WebSocketTimeoutException):
+            while True:
+                opcode, _ = ws.recv_data(control_frame=True)  # kernel status messages may come; a close must not
+                assert opcode != 0x8
     finally:
         ws.close()
 
