@@ -65,6 +65,13 @@ def _noise_png(megabytes: float, seed: int) -> bytes:
     return _encode(Image.fromarray(pixels), "PNG", compress_level=1)
 
 
+def _noisy_faces_png(size: tuple[int, int], noise: int) -> bytes:
+    """A photo of faces with sensor-like noise of +-``noise`` levels, as a PNG (more noise, larger file)."""
+    pixels = np.asarray(_faces(size)).astype(np.int16)
+    pixels += np.random.default_rng(6).integers(-noise, noise + 1, pixels.shape, dtype=np.int16)
+    return _encode(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), "PNG", compress_level=9)
+
+
 def _orientation(value: int) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = value
@@ -89,9 +96,14 @@ CASES = {
     "png-9000": ("9,000 x 9,000 PNG (flat)", lambda: [("big.png", _encode(Image.new("RGB", (9000, 9000), (200, 180, 160)), "PNG"))], False),
     "png-noise-45mb": ("45 MB noisy PNG", lambda: [("noise.png", _noise_png(45, 0))], False),
     "two-45mb": ("two 45 MB noisy PNGs, one upload", lambda: [("a.png", _noise_png(45, 1)), ("b.png", _noise_png(45, 2))], False),
+    "two-18mb": ("two 18 MB noisy PNGs, one upload", lambda: [("a.png", _noise_png(18, 3)), ("b.png", _noise_png(18, 4))], False),
+    "png-12mp-noisy-plus": ("12 MP noisy 31 MB PNG + 5 MB PNG, one upload", lambda: [
+        ("p12.png", _noisy_faces_png((4000, 3000), 48)), ("other.png", _noise_png(5, 5))], False),
     "strip-whole": ("10,000 x 300 strip + whole picture", lambda: [("strip.png", _strip())], True),
+    "png-12mp": ("12 MP PNG (4,000 x 3,000)", lambda: [("p12.png", _encode(_faces((4000, 3000)), "PNG", compress_level=1))], False),
+    "png-16mp": ("16 MP PNG (4,896 x 3,264)", lambda: [("p16.png", _encode(_faces((4896, 3264)), "PNG", compress_level=1))], False),
     "png-24mp": ("24 MP PNG (6,000 x 4,000)", lambda: [("p24.png", _encode(_faces((6000, 4000)), "PNG", compress_level=1))], False),
-    "png-rgba-24mp": ("24 MP RGBA PNG", lambda: [("a24.png", _encode(_faces((6000, 4000)).convert("RGBA"), "PNG", compress_level=1))], False),
+    "png-rgba-12mp": ("12 MP RGBA PNG", lambda: [("a12.png", _encode(_faces((4000, 3000)).convert("RGBA"), "PNG", compress_level=1))], False),
     "png-40mp": ("40 MP PNG (7,296 x 5,472)", lambda: [("p40.png", _encode(_faces((7296, 5472)), "PNG", compress_level=1))], False),
     "jpeg-100mp": ("100 MP JPEG", lambda: [("big.jpg", _encode(_faces((10_000, 10_000)), "JPEG", quality=90))], False),
     "jpeg-100mp-progressive": ("100 MP progressive JPEG", lambda: [("prog.jpg", _encode(_faces((10_000, 10_000)), "JPEG", quality=90, progressive=True))], False),

@@ -81,12 +81,14 @@ def _hog():
     return dlib.get_frontal_face_detector()
 
 
-def _haar(gray: np.ndarray, name="frontalface_default", min_neighbors=5, pad=0.0, flip=False):
+def _haar(gray: np.ndarray, name="frontalface_default", min_neighbors=5, pad=0.0, flip=False, min_side=0):
+    """Haar boxes of at least ``min_side`` pixels (and 1/20 of the short side): OpenCV then skips the smaller
+    scales, which saves time and the working memory of their image pyramid."""
     p = int(round(pad * max(gray.shape)))
     img = cv2.copyMakeBorder(gray, p, p, p, p, cv2.BORDER_REPLICATE) if p else gray
     if flip:
         img = np.ascontiguousarray(img[:, ::-1])
-    min_side = max(20, min(gray.shape) // 20)
+    min_side = max(20, min(gray.shape) // 20, int(min_side))
     cascade = _cascade(name) if name in _KEPT_CASCADES else _load_cascade(name)
     found = cascade.detectMultiScale(img, 1.1, min_neighbors, minSize=(min_side, min_side))
     boxes = []
@@ -125,15 +127,15 @@ def _hog_reduced(gray: np.ndarray, upsample: int, pad: float) -> list[Box]:
 
 def _last_resort(gray: np.ndarray) -> list[Box]:
     """Lenient detectors, tried only when the normal ones find nothing; one large face at most."""
-    attempts = (
-        lambda: _haar(gray, "frontalface_alt2", 3, pad=0.15),
-        lambda: _haar(gray, min_neighbors=3, pad=0.15),
-        lambda: _hog_reduced(gray, upsample=2, pad=0.2),
-        lambda: _haar(gray, "profileface", 3, pad=0.15),
-        lambda: _haar(gray, "profileface", 3, pad=0.15, flip=True),
-        lambda: _haar(cv2.equalizeHist(gray), min_neighbors=3, pad=0.15),  # dark or low-contrast faces
-    )
     min_side = LAST_RESORT_MIN_FRACTION * min(gray.shape)
+    attempts = (
+        lambda: _haar(gray, "frontalface_alt2", 3, pad=0.15, min_side=min_side),
+        lambda: _haar(gray, min_neighbors=3, pad=0.15, min_side=min_side),
+        lambda: _hog_reduced(gray, upsample=2, pad=0.2),
+        lambda: _haar(gray, "profileface", 3, pad=0.15, min_side=min_side),
+        lambda: _haar(gray, "profileface", 3, pad=0.15, flip=True, min_side=min_side),
+        lambda: _haar(cv2.equalizeHist(gray), min_neighbors=3, pad=0.15, min_side=min_side),  # dark or low-contrast faces
+    )
     for attempt in attempts:
         big = [b for b in attempt() if b.w >= min_side]
         if big:

@@ -5,7 +5,7 @@ it checks one photo (``benchmarks/bench_memory.py``). JPEGs are decoded already
 reduced (libjpeg's draft mode: 1/2, 1/4 or 1/8 of the size), so they may be
 large. Every other format (PNG, WebP, GIF, BMP, TIFF, HEIC, AVIF) is decoded at
 full size first, so its pixel count is checked from the header before decoding
-(:data:`MAX_DECODED_PIXELS`). The decoded photo is then converted and resized
+(:data:`MAX_DECODED_PIXELS`, :data:`MAX_HEIC_PIXELS`). The decoded photo is then converted and resized
 band by band, so no full-size copy is made beside it. Progressive JPEGs
 are the exception among JPEGs: libjpeg keeps every DCT coefficient of the
 photo while decoding them, whatever the draft size
@@ -31,11 +31,14 @@ else:
 
 #: photos above this many pixels are refused (JPEGs, decoded reduced by draft mode)
 MAX_PIXELS = 100_000_000
-#: formats decoded at full size (all but JPEG) are refused above this many pixels. Pillow holds RGB and RGBA
-#: at 4 bytes a pixel, so 25 MP is 100 MB decoded; measured with benchmarks/bench_memory.py, a whole upload
-#: of a 24 MP PNG peaks ~140 MB above the kernel at rest (40 MP: ~210 MB, over the 300 MB a kernel may reach).
-#: 25 MP keeps 24 MP phone photos (HEIC 5,712 x 4,284, ~130 MB) and anything a 24 MP camera saves.
-MAX_DECODED_PIXELS = 25_000_000
+#: formats Pillow decodes at full size (PNG, WebP, GIF, BMP, TIFF, AVIF) are refused above this many pixels.
+#: Pillow holds RGB and RGBA at 4 bytes a pixel, so 12 MP is 48 MB decoded; measured with
+#: benchmarks/bench_memory.py, a noisy 16 MP PNG in a full upload (40 MB) took a kernel to ~320 MB, over the
+#: 300 MB it may reach; 12 MP (4,000 x 3,000) keeps screenshots, scans and phone photos saved as PNG.
+MAX_DECODED_PIXELS = 12_000_000
+#: HEIC is read band by band from libheif's 3-byte buffer (no Pillow copy): 25 MP keeps 24 MP phone photos
+#: (5,712 x 4,284; measured ~130 MB above rest)
+MAX_HEIC_PIXELS = 25_000_000
 #: progressive JPEGs: libjpeg keeps every DCT coefficient of the photo (2 bytes each) while decoding, however
 #: small the draft; refused above this many bytes of coefficients: 33 MP of 4:2:0 colour (a whole upload of a
 #: 40 MP one measured ~155 MB above the kernel at rest, too close to the 160 MB there is)
@@ -126,17 +129,46 @@ def _release(image: Image.Image) -> None:
         image._heif_file = None  # pillow-heif keeps libheif's decoded buffer here until the object goes
 
 
+class _BufferFile(io.RawIOBase):
+    """A read-only file over any bytes-like object, without copying it (``io.BytesIO`` copies a
+    memoryview: for an upload that is the whole file again, next to the message that brought it)."""
+
+    def __init__(self, data):
+        self._data = memoryview(data).cast("B")
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        chunk = self._data[self._position:self._position + len(buffer)]
+        buffer[:len(chunk)] = chunk
+        self._position += len(chunk)
+        return len(chunk)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._data)}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+
 def _open(source) -> ImageFile.ImageFile:
-    """Open bytes or a path lazily (only the header is read)."""
-    data = Path(source).read_bytes() if isinstance(source, (str, Path)) else bytes(source)
-    if not data:
+    """Open bytes (or any bytes-like object, not copied) or a path lazily (only the header is read)."""
+    data = Path(source).read_bytes() if isinstance(source, (str, Path)) else source
+    if not len(memoryview(data)):
         raise ImageError("The file is empty.")
     try:
         with warnings.catch_warnings():
             # Pillow's warning level (89 MP) is below MAX_PIXELS; _check_size decides per format instead.
             # Its error level (179 MP) still applies and is reported below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(data), formats=_FORMAT_IDS)
+            return Image.open(io.BufferedReader(_BufferFile(data)), formats=_FORMAT_IDS)
     except UnidentifiedImageError:
         raise ImageError(f"This file is not an image SmileKit can read ({FORMATS}).") from None
     except Image.DecompressionBombError:
@@ -166,9 +198,10 @@ def _check_size(image: Image.Image) -> None:
     fmt = getattr(image, "format", None)
     if fmt is None or image.__class__ is Image.Image:
         return  # already decoded by the caller
-    if fmt not in _DRAFT_FORMATS and pixels > MAX_DECODED_PIXELS:
+    limit = MAX_HEIC_PIXELS if fmt == "HEIF" else MAX_DECODED_PIXELS
+    if fmt not in _DRAFT_FORMATS and pixels > limit:
         raise ImageError(f"This {_human(fmt)} image is too large to process ({width}x{height} pixels; the limit is "
-                         f"{MAX_DECODED_PIXELS // 1_000_000} megapixels for {_human(fmt)}, {MAX_PIXELS // 1_000_000} for JPEG). "
+                         f"{limit // 1_000_000} megapixels for {_human(fmt)}, {MAX_PIXELS // 1_000_000} for JPEG). "
                          "Please upload a smaller copy, or the photo as a JPEG.")
     if fmt in _DRAFT_FORMATS and image.info.get("progressive"):
         limit = int(MAX_PROGRESSIVE_COEFFICIENT_BYTES / _coefficient_bytes_per_pixel(image))

@@ -19,21 +19,25 @@ from dataclasses import dataclass, field
 
 import ipywidgets as widgets
 from ipywidgets import Layout
+from PIL import Image
 from sqlalchemy.exc import SQLAlchemyError
 from traitlets import Dict
 
-from . import render
+from . import images, render
 from .feedback import DatabaseBusy, FeedbackStore, FeedbackWriteError, photo_hash
 from .images import ImageError
 from .predict import FacePrediction, PhotoPrediction, Predictor
 from .runtime import set_threads
 
-#: the app's own limit per photo
-MAX_FILE_BYTES = 50 * 1024 * 1024
+#: the app's own limit per photo (phone photos are 2-12 MB)
+MAX_FILE_BYTES = 32 * 1024 * 1024
 #: photos kept on the page; older ones leave it (their verdicts stay in the database)
 MAX_PHOTOS_SHOWN = 40
-#: all photos picked at once travel in one websocket message; voila.json allows 100 MiB
-MAX_UPLOAD_BYTES = 95 * 1024 * 1024
+#: all photos picked at once travel in one websocket message, held in the kernel until all are checked:
+#: with the largest photo decoded (images.MAX_DECODED_PIXELS) a kernel stays under 300 MB (benchmarks/bench_memory.py)
+MAX_UPLOAD_BYTES = 36 * 1024 * 1024
+#: a photo in which no face was found is kept this small (long side, pixels) until its whole picture is checked
+WHOLE_PICTURE_SIDE = 640
 #: photos checked from one upload (the browser refuses more; a crafted message gets the rest refused)
 MAX_FILES_PER_UPLOAD = 20
 #: faces one page visit may give verdicts on (changing a verdict updates the same row)
@@ -176,7 +180,7 @@ class SmileApp:
     # -- building the page -------------------------------------------------------
 
     def _build(self) -> None:
-        self.upload = PhotoUpload(accept="image/*,.jpg,.jpeg,.png,.webp,.gif,.bmp,.tif,.tiff", multiple=True,
+        self.upload = PhotoUpload(accept=images.ACCEPT, multiple=True,
                                          description="Upload photos", button_style="primary", layout=_layout(width="auto"))
         self.upload.add_class("smilekit-upload")
         self.upload.observe(self._on_upload, names="value")
@@ -188,8 +192,8 @@ class SmileApp:
                                              layout=_layout(width="auto"))
         self.saliency_box.add_class("smilekit-saliency")
         self.saliency_box.observe(lambda change: self._safely(self.set_saliency, change["new"]), names="value")
-        hint = widgets.HTML(f"<span class='smilekit-note'>JPEG, PNG, WebP, GIF, BMP or TIFF, up to {MAX_FILE_BYTES >> 20} MB each "
-                            f"({MAX_UPLOAD_BYTES >> 20} MB per upload). Photos are never stored; with the first box ticked, the 64×64 grey face crops "
+        hint = widgets.HTML(f"<span class='smilekit-note'>{images.FORMATS}, up to {MAX_FILE_BYTES >> 20} MB each "
+                            f"({MAX_UPLOAD_BYTES >> 20} MB and {MAX_FILES_PER_UPLOAD} photos per upload). Photos are never stored; with the first box ticked, the 64×64 grey face crops "
                             "you give feedback on are kept for retraining.</span>")
         self.busy = widgets.HTML("")
         guard = widgets.HTML(render.upload_guard_html(MAX_FILE_BYTES, MAX_UPLOAD_BYTES, MAX_FILES_PER_UPLOAD))
@@ -307,13 +311,14 @@ class SmileApp:
         if size > MAX_FILE_BYTES:
             raise ImageError(f"This file is {size / 2**20:.1f} MB; the limit is {MAX_FILE_BYTES >> 20} MB per photo.")
         start = time.perf_counter()
-        prediction = self.predictor.predict(bytes(data))
+        prediction = self.predictor.predict(data)  # read in place: no copy of the file
         photo = Photo(name, photo_hash(data), prediction)
         self.photos.append(photo)
         self._render_photo(photo)
         log.info("photo %s: %d face(s) in %.2f s", photo.sha256[:12], len(prediction.faces), time.perf_counter() - start)
-        if photo.cards:
-            photo.prediction = PhotoPrediction(None, prediction.faces, prediction.model_version)  # free the pixels
+        # free the pixels; a photo with no face keeps a small copy for "check the whole picture"
+        kept = None if photo.cards else _small_copy(prediction.image, WHOLE_PICTURE_SIDE)
+        photo.prediction = PhotoPrediction(kept, prediction.faces, prediction.model_version)
         self.gallery.children = (photo.panel, *self.gallery.children)  # newest first
         self._drop_old_photos()
         return len(self.photos) - 1
@@ -335,6 +340,7 @@ class SmileApp:
         photo.prediction = self.predictor.predict(photo.prediction.image, whole_image=True)
         self._render_photo(photo)
         photo.prediction = PhotoPrediction(None, photo.prediction.faces, photo.prediction.model_version)
+        _return_freed_memory()
         return photo.cards[0].face
 
     def give_feedback(self, photo_idx: int, face_idx: int, correct: bool) -> int | None:
@@ -469,6 +475,14 @@ def _close_tree(widget: widgets.Widget) -> None:
     for child in getattr(widget, "children", ()):
         _close_tree(child)
     widget.close()
+
+
+def _small_copy(image, side: int):
+    """``image`` reduced to at most ``side`` pixels on its long side (a copy; the original may be freed)."""
+    scale = side / max(image.size)
+    if scale >= 1:
+        return image.copy()
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
 
 
 def _return_freed_memory() -> None:

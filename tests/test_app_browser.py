@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from smilekit.feedback import FeedbackStore
+from smilekit.ui import MAX_FILE_BYTES
 from conftest import COLLAGE_IDS, UI_TIMEOUT_MS, VoilaServer, dev_model, make_collage, open_app, upload
 
 pytestmark = pytest.mark.browser
@@ -21,8 +22,8 @@ def files(tmp_path_factory, celeba_dir) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("uploads")
     out = {"face": celeba_dir / "img" / "0.jpg", "collage": folder / "group.jpg",
            "not_image": folder / "holiday.jpg", "big": folder / "big.png", "too_big": folder / "panorama.jpg"}
-    with out["too_big"].open("wb") as f:  # 60 MB, over the 50 MB limit (sparse: costs no disk)
-        f.truncate(60 * 2**20)
+    with out["too_big"].open("wb") as f:  # over the limit per photo (sparse: costs no disk)
+        f.truncate(MAX_FILE_BYTES + 2**20)
     out["collage"].write_bytes(make_collage(celeba_dir))
     out["not_image"].write_text("this is a text file, not a photo")
     # the face enlarged to 7 MP with sensor-like noise, so PNG cannot shrink it
@@ -103,7 +104,7 @@ def test_upload_label_and_feedback_desktop(browser, server, files, screenshots):
     # over the size limit: refused in the browser with a message, and the connection survives
     upload(page, [files["too_big"]])
     expect(error).to_contain_text("panorama.jpg")
-    expect(error).to_contain_text("over the limit of 50.0 MB")
+    expect(error).to_contain_text(f"over the limit of {MAX_FILE_BYTES >> 20}.0 MB")
     upload(page, [files["collage"]])
     expect(cards).to_have_count(2 + 2 * len(COLLAGE_IDS))
     expect(error).to_have_count(0)

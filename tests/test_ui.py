@@ -195,7 +195,7 @@ def test_decompression_bomb_and_oversized_files(app, face_jpeg):
                        ("face.jpg", face_jpeg)])
     bomb, huge = errors(app)
     assert "bomb.png" in bomb and "too large" in bomb
-    assert "huge.jpg" in huge and "50 MB" in huge
+    assert "huge.jpg" in huge and f"{ui.MAX_FILE_BYTES >> 20} MB" in huge
     assert len(app.photos) == 1  # the good photo of the same upload is still shown
 
 
@@ -234,6 +234,14 @@ def test_no_face_offers_the_whole_picture(app, store):
     app.give_feedback(0, 0, False)
     (row,) = store.rows()
     assert row["verdict"] == "incorrect"
+
+
+def test_a_photo_with_no_face_is_kept_small(app):
+    big = encode(Image.linear_gradient("L").resize((3000, 2000)).convert("RGB"), "PNG")
+    app.handle_upload([("wall.png", big)])
+    kept = app.photos[0].prediction.image
+    assert max(kept.size) == ui.WHOLE_PICTURE_SIDE and kept.size[0] > kept.size[1]  # not the 2048 px working copy
+    assert app.classify_whole(0).detected is False
 
 
 def test_only_the_newest_photos_stay_on_the_page(app, store, face_jpeg, collage_jpeg, monkeypatch):
