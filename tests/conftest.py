@@ -177,6 +177,23 @@ def browser():
         b.close()
 
 
+@pytest.fixture(scope="module")
+def server(model_path, tmp_path_factory):
+    """The app as scripts/serve runs it, one per test module, with its own database and Jupyter state."""
+    pytest.importorskip("playwright.sync_api")
+    served = VoilaServer(tmp_path_factory.mktemp("voila-state"), model_path)
+    yield served
+    served.close()
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    """Where browser tests save screenshots: ``SMILEKIT_SCREENSHOTS`` if set (to look at them), else a temporary folder."""
+    folder = Path(os.environ["SMILEKIT_SCREENSHOTS"]) if os.environ.get("SMILEKIT_SCREENSHOTS") else tmp_path_factory.mktemp("screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def open_app(browser, server: VoilaServer, width: int):
     """A new page on the app, once its upload button is there."""
     page = browser.new_page(viewport={"width": width, "height": 2400})

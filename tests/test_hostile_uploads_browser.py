@@ -5,19 +5,11 @@ import time
 
 import pytest
 
-from conftest import UI_TIMEOUT_MS, VoilaServer, dev_model, open_app, upload
+from conftest import UI_TIMEOUT_MS, open_app, upload
 from hostile_files import hostile_files
 from smilekit.ui import MAX_FILES_PER_UPLOAD
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def server(request, tmp_path_factory):
-    pytest.importorskip("playwright.sync_api")
-    served = VoilaServer(tmp_path_factory.mktemp("voila-hostile"), dev_model(request, tmp_path_factory))
-    yield served
-    served.close()
 
 
 def _answered(page, names: list[str]) -> list[str]:

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -25,21 +24,6 @@ BANNER_TEXT = "Connection lost \u2014 reload the page to continue"
 KERNEL_DEATH_BOUND_S = 10
 SERVER_DEATH_BOUND_S = 10
 SERVER_HUNG_BOUND_S = 30
-
-
-@pytest.fixture(scope="module")
-def server(model_path, tmp_path_factory):
-    pytest.importorskip("playwright.sync_api")
-    served = VoilaServer(tmp_path_factory.mktemp("voila-state"), model_path)
-    yield served
-    served.close()
-
-
-@pytest.fixture(scope="module")
-def screenshots(tmp_path_factory) -> Path:
-    folder = Path(os.environ["SMILEKIT_SCREENSHOTS"]) if os.environ.get("SMILEKIT_SCREENSHOTS") else tmp_path_factory.mktemp("screenshots")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 class Visit:

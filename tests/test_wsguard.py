@@ -121,23 +121,17 @@ LEGACY_HOSTILE = {
 }
 
 
-@pytest.mark.parametrize("name", V1_HOSTILE)
-def test_hostile_v1_frames_are_invalid(name):
-    frame = V1_HOSTILE[name]
-    started = time.perf_counter()
-    assert not v1_frame_is_valid(frame)
-    assert not frame_is_valid(frame, V1_SUBPROTOCOL)
-    assert read_header_from_binary_message(frame) is None
-    assert time.perf_counter() - started < 0.1  # bounded by the frame's length, not its declared count
-
-
-@pytest.mark.parametrize("name", LEGACY_HOSTILE)
-def test_hostile_legacy_frames_are_invalid(name):
-    frame = LEGACY_HOSTILE[name]
-    started = time.perf_counter()
-    assert not legacy_frame_is_valid(frame)
-    assert not frame_is_valid(frame, None)
-    assert time.perf_counter() - started < 0.1
+@pytest.mark.parametrize("subprotocol, name", [(V1_SUBPROTOCOL, n) for n in V1_HOSTILE] + [(None, n) for n in LEGACY_HOSTILE])
+def test_hostile_frames_are_invalid(subprotocol, name):
+    """Each check is bounded by the frame's length, not its declared count (a loop over 2**63 would hang here)."""
+    if subprotocol:
+        frame = V1_HOSTILE[name]
+        assert not v1_frame_is_valid(frame)
+        assert read_header_from_binary_message(frame) is None
+    else:
+        frame = LEGACY_HOSTILE[name]
+        assert not legacy_frame_is_valid(frame)
+    assert not frame_is_valid(frame, subprotocol)
 
 
 # --- Voilà's outgoing direction -----------------------------------------------------------------
@@ -162,9 +156,8 @@ def test_voila_handler_uses_the_safe_reader_for_outgoing_frames(monkeypatch):
     handler = object.__new__(voila_ws.VoilaKernelWebsocketHandler)
     legacy = _legacy_frame(_message("comm_msg", {"comm_id": "c", "data": {}}), buffers=[PICTURE], channel="iopub")
     assert legacy[:8] == b"\x00\x00\x00\x02\x00\x00\x00\x0c"  # as v1: a count of 8.6e17
-    started = time.perf_counter()
     voila_ws.VoilaKernelWebsocketHandler.write_message(handler, legacy, binary=True)
-    assert time.perf_counter() - started < 1 and written == [legacy]
+    assert written == [legacy]
     # Voilà's own filter still works on v1: execute_input is not sent to the page
     voila_ws.VoilaKernelWebsocketHandler.write_message(handler, _v1_frame(_message("execute_input"), channel="iopub"), binary=True)
     assert written == [legacy]
