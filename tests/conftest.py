@@ -122,8 +122,6 @@ class VoilaServer:
     """
 
     def __init__(self, state: Path, model: Path, env: dict[str, str] | None = None):
-        if not CHROMIUM.exists():
-            pytest.skip("Chromium not installed at /usr/bin/chromium (apt-get install chromium); browser tests skipped")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.db_url = f"sqlite:///{state / 'feedback.db'}"
@@ -180,7 +178,6 @@ def browser():
 @pytest.fixture(scope="module")
 def server(model_path, tmp_path_factory):
     """The app as scripts/serve runs it, one per test module, with its own database and Jupyter state."""
-    pytest.importorskip("playwright.sync_api")
     served = VoilaServer(tmp_path_factory.mktemp("voila-state"), model_path)
     yield served
     served.close()
