@@ -2,7 +2,9 @@
 #   docker build -t smilekit . && docker run -p 8080:8080 -v smilekit-data:/data smilekit
 FROM python:3.11-slim-bookworm
 
-ENV PIP_NO_CACHE_DIR=1 \
+# PyPI's Linux torch is a CUDA build of several GB: the CPU index gives the same version as a small CPU wheel
+ENV PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu \
+    PIP_NO_CACHE_DIR=1 \
     PYTHONUNBUFFERED=1 \
     PYTHON=python3
 
@@ -29,6 +31,7 @@ ENV SMILEKIT_HOST=0.0.0.0 \
     JUPYTER_RUNTIME_DIR=/tmp/jupyter-runtime
 VOLUME /data
 EXPOSE 8080
+# a static file: asking for the page itself would start a kernel every 30 s
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s \
-    CMD .venv/bin/python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/', timeout=4)"
+    CMD .venv/bin/python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/voila/static/voila.js', timeout=4)"
 CMD ["scripts/serve"]

@@ -200,6 +200,24 @@ def open_app(browser, server: VoilaServer, width: int):
     return page
 
 
+def page_kernel_id(page) -> str:
+    """The id of the kernel Voilà gave this page."""
+    return page.evaluate("JSON.parse(document.getElementById('jupyter-config-data').textContent).kernelId")
+
+
+def kernel_process(server: VoilaServer, kernel_id: str):
+    """The kernel's process under the server (psutil), or None when it is gone."""
+    import psutil
+
+    for child in psutil.Process(server.proc.pid).children(recursive=True):
+        try:
+            if any(f"kernel-{kernel_id}.json" in part for part in child.cmdline()):
+                return child
+        except psutil.NoSuchProcess:  # ended while we looked
+            continue
+    return None
+
+
 def upload(page, paths) -> None:
     """Pick files in the app's upload dialog."""
     with page.expect_file_chooser() as chooser:

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import UI_TIMEOUT_MS, VoilaServer, upload
+from conftest import UI_TIMEOUT_MS, VoilaServer, kernel_process, page_kernel_id, upload
 
 pytestmark = pytest.mark.browser
 
@@ -46,7 +46,7 @@ class Visit:
         return [u for u in self.requests if urlsplit(u).scheme not in ("data", "blob") and urlsplit(u).netloc != self.host]
 
     def kernel_id(self) -> str:
-        return self.page.evaluate("JSON.parse(document.getElementById('jupyter-config-data').textContent).kernelId")
+        return page_kernel_id(self.page)
 
     def clock(self) -> tuple[float, float]:
         """(page's performance.now() in s, this process's monotonic time in s), taken together."""
@@ -61,16 +61,6 @@ class Visit:
         lost_at = self.page.evaluate("window.smilekitConnection.lostAt") / 1000
         self.page.wait_for_selector(BANNER, state="visible", timeout=5000)
         return (lost_at - clock[0]) - (event_at - clock[1])
-
-
-def _page_kernels(server: VoilaServer, kernel_id: str):
-    psutil = pytest.importorskip("psutil")
-    kernels = [p for p in psutil.Process(server.proc.pid).children(recursive=True)
-               if any("ipykernel" in part for part in p.cmdline())]
-    assert kernels, "no kernel processes under the server"
-    mine = [p for p in kernels if any(f"kernel-{kernel_id}.json" in part for part in p.cmdline())]
-    assert len(mine) == 1, f"kernel {kernel_id} not found among {[p.cmdline() for p in kernels]}"
-    return mine[0]
 
 
 def _check_banner(page, width: int) -> None:
@@ -166,7 +156,8 @@ def test_kernel_death_shows_banner_and_reload_recovers(browser, server, celeba_d
 
     visit = Visit(browser, server, 390, 844)
     page = visit.page
-    kernel = _page_kernels(server, visit.kernel_id())
+    kernel = kernel_process(server, visit.kernel_id())
+    assert kernel is not None, "the page's kernel process was not found under the server"
     assert page.locator(BANNER).count() == 0
     clock = visit.clock()
     kernel.kill()  # SIGKILL: the kernel process dies; the server restarts it without the app's widgets
