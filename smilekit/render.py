@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import io
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -19,6 +20,15 @@ DISPLAY_MAX_SIDE = 900
 DISPLAY_MIN_SIDE = 400
 #: face thumbnails on the cards, in pixels
 THUMB_SIDE = 128
+#: a photo with more faces than this is a group: the photo above a grid of compact cards with smaller thumbnails
+GROUP_SIZE = 6
+GROUP_THUMB_SIDE = 96
+#: a group photo is shown larger, so that its small faces and their numbers can be told apart
+GROUP_DISPLAY_MAX_SIDE = 1400
+#: face numbers on the photo: at most this fraction of the displayed photo's long side (today's size for few faces),
+#: shrunk towards the faces' size in a crowd but never below the smaller fraction (readable when the photo fills the screen)
+LABEL_MAX_FRACTION = 1 / 30
+LABEL_MIN_FRACTION = 1 / 60
 BOX_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
 
 #: the app's look; classes are the stable ones tests select by
@@ -32,8 +42,14 @@ CSS = """
 .smilekit-error { color: #8a1c1c; background: #fdecea; border-left: 4px solid #d93025; padding: 6px 10px; margin: 4px 0; }
 .smilekit-note { color: #555; font-size: 0.9em; }
 .smilekit-photo { border-top: 1px solid #ddd; padding-top: 8px; margin-top: 8px; }
-.smilekit-face { border: 1px solid #ccc; border-radius: 8px; padding: 6px; margin: 4px; box-sizing: border-box; }
-.smilekit-face .widget-button { min-width: 0; margin: 0; padding: 0 8px; }
+.smilekit-summary { font-weight: bold; }
+.smilekit-cards { min-width: 0; }
+.smilekit-face { border: 1px solid #ccc; border-radius: 8px; padding: 6px; margin: 0; box-sizing: border-box; min-width: 0; overflow: hidden; }
+.smilekit-face .widget-image { display: block; margin: 0 auto; }
+.smilekit-face .widget-html { margin: 0; }
+.smilekit-face .widget-html-content { font-size: 0.9em; line-height: 1.3; overflow-wrap: anywhere; min-height: 5.2em; }  /* buttons in line */
+.smilekit-face .widget-button { min-width: 0; margin: 0; padding: 0 6px; height: 36px; line-height: 36px; overflow: hidden; }
+.smilekit-group .smilekit-face { padding: 4px; }
 .smilekit-metrics table { border-collapse: collapse; margin: 4px 0; }
 .smilekit-metrics td, .smilekit-metrics th { border: 1px solid #ddd; padding: 2px 8px; text-align: right; }
 .smilekit-label-smiling { color: #1a7f37; font-weight: bold; }
@@ -62,33 +78,105 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def boxed_photo(image: Image.Image, boxes: list[faces.Box]) -> bytes:
-    """A display-sized JPEG of ``image`` with every box drawn and numbered from 1."""
+def photo_summary(smiling: Sequence[bool], detected: bool = True) -> str:
+    """One line on who smiles in a photo, from the model's answer for each face (in order).
+
+    ``detected`` is False when the whole picture was classified as one face.
+    """
+    count, smiles = len(smiling), sum(bool(s) for s in smiling)
+    if count == 0:
+        return "no face found"
+    if not detected:
+        return f"checked as one face: {'smiling' if smiles else 'not smiling'}"
+    if count == 1:
+        return f"1 face found: {'smiling' if smiles else 'not smiling'}"
+    if smiles == count:
+        said = "everyone is smiling"
+    elif smiles == 0:
+        said = "no one is smiling"
+    else:
+        said = f"{smiles} of {count} smiling"
+    return f"{count} faces found: {said}"
+
+
+def face_numbers(boxes: Sequence[faces.Box]) -> list[int]:
+    """The number (from 1) of each box as a person reads a group: row by row from the top, left to right.
+
+    A box starts a new row when its centre is more than half a face below the centre of the row's first box.
+    """
+    if not boxes:
+        return []
+    centre = [b.y + b.h / 2 for b in boxes]
+    half_face = float(np.median([b.h for b in boxes])) / 2
+    rows: list[list[int]] = []
+    for i in sorted(range(len(boxes)), key=lambda i: centre[i]):
+        if rows and centre[i] - centre[rows[-1][0]] <= half_face:
+            rows[-1].append(i)
+        else:
+            rows.append([i])
+    order = [i for row in rows for i in sorted(row, key=lambda i: boxes[i].x)]
+    numbers = [0] * len(boxes)
+    for number, i in enumerate(order, start=1):
+        numbers[i] = number
+    return numbers
+
+
+def label_font_size(display_long_side: int, face_sides: Sequence[float]) -> int:
+    """Pixel size of the face numbers on a photo shown ``display_long_side`` pixels long, with faces this big (displayed)."""
+    largest, smallest = display_long_side * LABEL_MAX_FRACTION, display_long_side * LABEL_MIN_FRACTION
+    size = largest
+    if len(face_sides) > GROUP_SIZE:  # a crowd: numbers about as big as the faces, so they do not cover their neighbours
+        size = min(largest, max(smallest, 0.6 * float(np.median(face_sides))))
+    return max(12, round(size))
+
+
+def _overlaps(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def boxed_photo(image: Image.Image, boxes: Sequence[faces.Box], numbers: Sequence[int] | None = None) -> bytes:
+    """A display-sized JPEG of ``image`` with every box drawn and numbered (``numbers``, else 1, 2, ...).
+
+    A group photo is shown larger, its numbers sized to its faces; a number goes above its box,
+    or inside or below it where another number already stands.
+    """
+    numbers = list(numbers) if numbers is not None else list(range(1, len(boxes) + 1))
     long_side = max(image.size)
-    scale = DISPLAY_MAX_SIDE / long_side if long_side > DISPLAY_MAX_SIDE else max(1.0, DISPLAY_MIN_SIDE / long_side)
+    most = GROUP_DISPLAY_MAX_SIDE if len(boxes) > GROUP_SIZE else DISPLAY_MAX_SIDE
+    scale = most / long_side if long_side > most else max(1.0, DISPLAY_MIN_SIDE / long_side)
     shown = image.convert("RGB")
     if scale != 1.0:
         shown = shown.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.LANCZOS)
     draw = ImageDraw.Draw(shown)
     line = max(2, round(max(shown.size) / 250))
-    font = _font(max(12, round(max(shown.size) / 30)))
-    for n, box in enumerate(boxes):
-        colour = BOX_COLOURS[n % len(BOX_COLOURS)]
-        x, y, w, h = (v * scale for v in box.as_tuple())
-        draw.rectangle([x, y, x + w, y + h], outline=colour, width=line)
-        text = str(n + 1)
+    font = _font(label_font_size(max(shown.size), [min(b.w, b.h) * scale for b in boxes]))
+    if len(boxes) > GROUP_SIZE:
+        line = max(1, min(line, round(min(b.w for b in boxes) * scale / 20)))
+    placed = []
+    scaled = [tuple(v * scale for v in box.as_tuple()) for box in boxes]
+    for n, (x, y, w, h) in enumerate(scaled):  # all boxes first, so that no box is drawn over a number
+        draw.rectangle([x, y, x + w, y + h], outline=BOX_COLOURS[n % len(BOX_COLOURS)], width=line)
+    for n, ((x, y, w, h), number) in enumerate(zip(scaled, numbers)):
+        text = str(number)
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        tx, ty = max(0, x), max(0, y - (bottom - top) - 2 * line)
-        if ty <= 0:
-            ty = y + line
-        draw.rectangle([tx, ty, tx + right - left + 2 * line, ty + bottom - top + 2 * line], fill=colour)
-        draw.text((tx + line - left, ty + line - top), text, fill="white", font=font)
+        lw, lh = right - left + 2 * line, bottom - top + 2 * line
+        tx = min(max(0, x), shown.width - lw)
+        spots = [y - lh, y + line, y + h - lh - line, y + h]  # above, inside at the top, inside at the bottom, below
+        spots = [min(max(0, ty), shown.height - lh) for ty in spots]
+        label = next(((tx, ty, tx + lw, ty + lh) for ty in spots if not any(_overlaps((tx, ty, tx + lw, ty + lh), p) for p in placed)),
+                     (tx, spots[0], tx + lw, spots[0] + lh))
+        placed.append(label)
+        draw.rectangle(label, fill=BOX_COLOURS[n % len(BOX_COLOURS)])
+        draw.text((label[0] + line - left, label[1] + line - top), text, fill="white", font=font)
     return _jpeg(shown)
 
 
-def face_thumbnail(image: Image.Image, box: faces.Box) -> bytes:
-    """The face as a colour PNG thumbnail, framed a little wider than the model's crop."""
-    return _png(faces.cut_face(image.convert("RGB"), box, THUMB_SIDE, context=1.3))
+def face_thumbnail(image: Image.Image, box: faces.Box, side: int = THUMB_SIDE, jpeg: bool = False) -> bytes:
+    """The face as a colour thumbnail, framed a little wider than the model's crop: a PNG, or a JPEG
+    (a quarter of the bytes, for the many cards of a group photo)."""
+    rgb = image if image.mode == "RGB" else image.convert("RGB")  # a group photo is not copied once per face
+    thumbnail = faces.cut_face(rgb, box, side, context=1.3)
+    return _jpeg(thumbnail, quality=88) if jpeg else _png(thumbnail)
 
 
 def crop_thumbnail(crop: Image.Image) -> bytes:
@@ -113,10 +201,10 @@ def saliency_overlay(crop: Image.Image, saliency: np.ndarray) -> bytes:
     return _png(Image.fromarray((mixed * 255).round().astype(np.uint8), "RGB"))
 
 
-def label_html(index: int, label: str, confidence: float, detected: bool = True) -> str:
-    """Face number, verdict and confidence, e.g. 'Face 1: Smiling, 87 %'."""
+def label_html(number: int, label: str, confidence: float, detected: bool = True) -> str:
+    """Face number (as on the photo), verdict and confidence, e.g. 'Face 1: Smiling, 87 %'."""
     css = "smilekit-label-smiling" if label == "Smiling" else "smilekit-label-not"
-    name = f"Face {index + 1}" if detected else "Whole picture"
+    name = f"Face {number}" if detected else "Whole picture"
     return f'<div>{name}</div><div><span class="{css}">{html.escape(label)}</span> · {confidence:.0%} sure</div>'
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import ipywidgets as widgets
 from ipywidgets import Layout
+from ipywidgets.widgets.widget_string import HTMLStyle
 from PIL import Image
 from sqlalchemy.exc import SQLAlchemyError
 from traitlets import Dict
@@ -66,6 +67,17 @@ def _layout(**props) -> Layout:
     if key not in _LAYOUTS:
         _LAYOUTS[key] = Layout(**props)
     return _LAYOUTS[key]
+
+
+_STYLES: dict[type, widgets.Widget] = {}
+
+
+def _style(kind: type) -> widgets.Widget:
+    """One default style per kind (ButtonStyle, HTMLStyle) shared by every card's buttons and texts:
+    left to themselves, each button and HTML widget creates its own style model."""
+    if kind not in _STYLES:
+        _STYLES[kind] = kind()
+    return _STYLES[kind]
 
 
 def _row_wrap(children=(), **layout) -> widgets.Box:
@@ -136,9 +148,12 @@ class FaceCard:
 
     face: FacePrediction
     thumbnail: bytes
-    widget: widgets.VBox = None
+    thumbnail_format: str = "png"  # a group photo's cards get JPEG thumbnails
+    widget: widgets.Box = None
     picture: widgets.Image = None
-    status: widgets.HTML = None
+    status: widgets.HTML = None  # the face's number and label, then what became of the verdict
+    number: int = 1  # the face's number on the photo and its card
+    label: str = ""
     correct_button: widgets.Button = None
     incorrect_button: widgets.Button = None
     overlay: bytes | None = None
@@ -212,22 +227,31 @@ class SmileApp:
                                    layout=_layout(width="100%"))
         self.widget.add_class("smilekit-app")
 
-    def _face_card(self, photo: Photo, card: FaceCard) -> None:
+    def _face_card(self, photo: Photo, card: FaceCard, thumb_side: int) -> None:
+        """A card of five widgets: the box, the face, its text (label and status) and two buttons, which
+        wrap onto two lines when the card is too narrow for both. Layouts and styles are shared, so a group
+        photo's 50 cards cost 250 widgets instead of 650."""
         photo_idx, face_idx = self.photos.index(photo), card.face.index
-        card.picture = widgets.Image(value=self._card_picture(card), format="png",
-                                     layout=_layout(width="100%", max_width="160px", height="auto"))
-        label = widgets.HTML(render.label_html(card.face.index, card.face.label, card.face.confidence, card.face.detected))
-        card.correct_button = widgets.Button(description="Correct", icon="check", layout=_layout(flex="1 1 auto", width="auto"))
-        card.incorrect_button = widgets.Button(description="Incorrect", icon="times", layout=_layout(flex="1 1 auto", width="auto"))
+        card.picture = widgets.Image(value=self._card_picture(card), format="png" if self.show_saliency else card.thumbnail_format,
+                                     layout=_layout(width="100%", max_width=f"{thumb_side}px", height="auto"))
+        card.label = render.label_html(card.number, card.face.label, card.face.confidence, card.face.detected)
+        card.status = widgets.HTML(layout=_layout(width="100%"), style=_style(HTMLStyle))
+        self._say(card, "<span class='smilekit-note'>Was the model right?</span>")
+        button_layout = _layout(flex="1 1 auto", width="auto")
+        card.correct_button = widgets.Button(description="Correct", icon="check", layout=button_layout, style=_style(widgets.ButtonStyle))
+        card.incorrect_button = widgets.Button(description="Incorrect", icon="times", layout=button_layout, style=_style(widgets.ButtonStyle))
         card.correct_button.add_class("smilekit-correct")
         card.incorrect_button.add_class("smilekit-incorrect")
         card.correct_button.on_click(lambda _: self._safely(self.give_feedback, photo_idx, face_idx, True))
         card.incorrect_button.on_click(lambda _: self._safely(self.give_feedback, photo_idx, face_idx, False))
-        card.status = widgets.HTML("<span class='smilekit-note'>Was the model right?</span>")
-        buttons = _row_wrap([card.correct_button, card.incorrect_button], width="100%", grid_gap="4px")
-        card.widget = widgets.VBox([card.picture, label, buttons, card.status],
-                                   layout=_layout(flex="1 1 150px", max_width="230px", align_items="center"))
+        card.widget = widgets.Box([card.picture, card.status, card.correct_button, card.incorrect_button],
+                                  layout=_layout(display="flex", flex_flow="row wrap", align_content="flex-start", grid_gap="4px"))
         card.widget.add_class("smilekit-face")
+
+    @staticmethod
+    def _say(card: FaceCard, status: str) -> None:
+        """Show ``status`` (HTML) under the face's label on its card."""
+        card.status.value = f"{card.label}<div>{status}</div>"
 
     def _card_picture(self, card: FaceCard) -> bytes:
         if not self.show_saliency:
@@ -237,20 +261,39 @@ class SmileApp:
         return card.overlay
 
     def _render_photo(self, photo: Photo) -> None:
+        """The photo's panel: its title with the summary, the numbered photo and a card per face.
+
+        A group photo (more than ``render.GROUP_SIZE`` faces) is shown above a grid of compact cards;
+        a photo of a few faces beside (on a narrow screen above) their cards.
+        """
         prediction = photo.prediction
-        boxes = [f.box for f in prediction.faces if f.detected]  # a whole-picture face needs no box
-        picture = widgets.Image(value=render.boxed_photo(prediction.image, boxes), format="jpeg",
-                                layout=_layout(width="auto", max_width="100%", height="auto"))
-        picture_box = widgets.Box([picture], layout=_layout(flex="0 1 auto", max_width="560px", margin="0 16px 8px 0"))
+        detected = [f for f in prediction.faces if f.detected]  # a whole-picture face needs no box
+        group = len(detected) > render.GROUP_SIZE
+        numbers = dict(zip((f.index for f in detected), render.face_numbers([f.box for f in detected])))
+        picture = widgets.Image(value=render.boxed_photo(prediction.image, [f.box for f in detected], list(numbers.values())),
+                                format="jpeg", layout=_layout(width="auto", max_width="100%", max_height="75vh", height="auto"))
+        picture_box = widgets.Box([picture], layout=_layout(flex="1 1 100%", max_width="1000px", margin="0 0 8px 0") if group
+                                  else _layout(flex="0 1 auto", max_width="560px", margin="0 16px 8px 0"))
+        thumb_side = render.GROUP_THUMB_SIDE if group else render.THUMB_SIDE
         for face in prediction.faces:
-            card = FaceCard(face, render.face_thumbnail(prediction.image, face.box) if face.detected else render.crop_thumbnail(face.crop))
+            if face.detected:
+                card = FaceCard(face, render.face_thumbnail(prediction.image, face.box, thumb_side, jpeg=group), "jpeg" if group else "png")
+            else:
+                card = FaceCard(face, render.crop_thumbnail(face.crop))
+            card.number = numbers.get(face.index, 1)
             photo.cards.append(card)
-            self._face_card(photo, card)
+            self._face_card(photo, card, thumb_side)
+        summary = render.photo_summary([f.smiling for f in prediction.faces], detected=bool(detected) or not prediction.faces)
+        title = f"<b>{html.escape(photo.name)}</b>: <span class='smilekit-summary'>{html.escape(summary)}</span>"
         if photo.cards:
-            side = _row_wrap([c.widget for c in photo.cards], flex="1 1 300px")
-            count = len(photo.cards)
-            found = f"{count} face{'s' if count != 1 else ''} found" if boxes else "checked as one face"
-            title = f"<b>{html.escape(photo.name)}</b>: {found}"
+            # auto-fill keeps empty columns, so one card stays card-sized on a wide screen
+            columns = f"repeat(auto-fill, minmax({thumb_side + 16}px, 1fr))"
+            in_order = sorted(photo.cards, key=lambda c: c.number)  # photo.cards stays in the faces' order, as feedback finds them
+            side = widgets.GridBox([c.widget for c in in_order],
+                                   layout=_layout(grid_template_columns=columns, grid_gap="6px", flex="1 1 300px", width="100%" if group else "auto"))
+            side.add_class("smilekit-cards")
+            if group:
+                side.add_class("smilekit-group")
         else:
             whole = widgets.Button(description="Classify the whole picture as one face", layout=_layout(width="auto", max_width="100%"))
             whole.add_class("smilekit-whole")
@@ -259,7 +302,6 @@ class SmileApp:
             side = widgets.VBox([widgets.HTML("No face was found in this photo. If it shows one face, the whole picture can be checked."),
                                  whole], layout=_layout(flex="1 1 300px"))
             side.add_class("smilekit-noface")
-            title = f"<b>{html.escape(photo.name)}</b>: no face found"
         photo.body = _row_wrap([picture_box, side], width="100%")
         if photo.panel is None:
             photo.panel = widgets.VBox([widgets.HTML(title), photo.body], layout=_layout(width="100%"))
@@ -359,9 +401,9 @@ class SmileApp:
         card = photo.cards[face_idx]
         face = card.face
         if (photo.sha256, face.index) not in self.faces_judged and len(self.faces_judged) >= MAX_VERDICTS_PER_SESSION:
-            card.status.value = render.error_html(f"Not saved: one visit can give verdicts on at most {MAX_VERDICTS_PER_SESSION} faces.")
+            self._say(card, render.error_html(f"Not saved: one visit can give verdicts on at most {MAX_VERDICTS_PER_SESSION} faces."))
             return None
-        card.status.value = "<span class='smilekit-note'>Saving…</span>"
+        self._say(card, "<span class='smilekit-note'>Saving…</span>")
         try:
             row_id = self.store.record(
                 session_id=self.session_id, photo_sha256=photo.sha256, face_index=face.index, box=face.box.as_tuple(),
@@ -372,7 +414,7 @@ class SmileApp:
             log.warning("verdict not saved: %s", err)
             if isinstance(err, DatabaseBusy):
                 self.unsaved[(photo_idx, face_idx)] = correct
-            card.status.value = render.error_html(str(err))
+            self._say(card, render.error_html(str(err)))
             return None
         self.unsaved.pop((photo_idx, face_idx), None)
         self.faces_judged.add((photo.sha256, face.index))
@@ -380,7 +422,7 @@ class SmileApp:
         card.correct_button.button_style = "success" if correct else ""
         card.incorrect_button.button_style = "" if correct else "danger"
         truth = face.label if correct else ("Not smiling" if face.smiling else "Smiling")
-        card.status.value = f"<span class='smilekit-note'>Saved: {'correct' if correct else 'incorrect'} (truth: {truth})</span>"
+        self._say(card, f"<span class='smilekit-note'>Saved: {'correct' if correct else 'incorrect'} (truth: {truth})</span>")
         self.refresh_metrics()
         return row_id
 
@@ -419,7 +461,9 @@ class SmileApp:
             self.saliency_box.value = self.show_saliency
         for photo in self.photos:
             for card in photo.cards:
-                card.picture.value = self._card_picture(card)
+                with card.picture.hold_sync():  # the picture and its format in one message
+                    card.picture.format = "png" if self.show_saliency else card.thumbnail_format
+                    card.picture.value = self._card_picture(card)
 
     def refresh_metrics(self) -> None:
         """Redraw the live panel from the database."""

@@ -12,19 +12,22 @@ from PIL import Image
 from smilekit.feedback import FeedbackStore
 from smilekit.ui import MAX_FILE_BYTES
 from conftest import COLLAGE_IDS, UI_TIMEOUT_MS, VoilaServer, dev_model, make_collage, open_app, upload
+from test_ui import group_photo
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, celeba_dir) -> dict[str, Path]:
-    """A one-face photo, a four-face collage, a file that is not an image, and a 15 MB one-face photo."""
+    """A one-face photo, a four-face collage, a 30-face class photo, a file that is not an image, and a 15 MB one-face photo."""
     folder = tmp_path_factory.mktemp("uploads")
     out = {"face": celeba_dir / "img" / "0.jpg", "collage": folder / "group.jpg",
            "not_image": folder / "holiday.jpg", "big": folder / "big.png", "too_big": folder / "panorama.jpg"}
     with out["too_big"].open("wb") as f:  # over the limit per photo (sparse: costs no disk)
         f.truncate(MAX_FILE_BYTES + 2**20)
     out["collage"].write_bytes(make_collage(celeba_dir))
+    out["class"] = folder / "class.jpg"
+    out["class"].write_bytes(group_photo(celeba_dir, 6, 5))  # 30 faces
     out["not_image"].write_text("this is a text file, not a photo")
     # the face enlarged to 7 MP with sensor-like noise, so PNG cannot shrink it
     face = Image.open(out["face"]).convert("RGB").resize((2400, 2940), Image.BICUBIC)
@@ -32,6 +35,15 @@ def files(tmp_path_factory, celeba_dir) -> dict[str, Path]:
     Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(out["big"], format="PNG", compress_level=1)
     assert out["big"].stat().st_size > 12 * 2**20  # above tornado's default 10 MiB websocket cap
     return out
+
+
+@pytest.fixture(autouse=True)
+def _patient_expect():
+    """Checks on the page wait as long as page actions do (a 12 MB upload on a busy 2-core machine takes over 5 s)."""
+    expect = pytest.importorskip("playwright.sync_api").expect
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+    yield
+    expect.set_options(timeout=5_000)
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +145,44 @@ def test_phone_layout_and_bigupload(browser, server, files, screenshots):
     expect(page.locator(".smilekit-photo").first).to_contain_text("big.png")
     expect(page.locator(".smilekit-photo").first).to_contain_text("1 face found")
     expect(cards).to_have_count(len(COLLAGE_IDS) + 1)
+    page.close()
+
+
+def test_group_photo_on_a_phone(browser, server, files, screenshots):
+    """30 faces on a 390 px screen: every card and button fits and can be tapped, and the last face takes a verdict."""
+    import re
+
+    from playwright.sync_api import expect
+
+    page = open_app(browser, server, 390)
+    start = time.monotonic()
+    upload(page, [files["class"]])
+    summary = page.locator(".smilekit-summary")
+    expect(summary).to_contain_text("faces found")
+    count = int(re.match(r"(\d+) faces found", summary.inner_text()).group(1))
+    cards = page.locator(".smilekit-face")
+    expect(cards).to_have_count(count)
+    expect(cards.last.locator("img")).to_be_visible()
+    print(f"group photo, {count} faces: upload to cards {time.monotonic() - start:.2f} s (2 shared cores)")
+    assert count >= 24
+    assert re.search(r"(\d+ of \d+ smiling|everyone is smiling|no one is smiling)$", summary.inner_text())
+    for i in range(count):
+        card = cards.nth(i)
+        box = card.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390, f"face card {i} sticks out of a 390 px screen: {box}"
+        assert f"Face {i + 1}" in card.inner_text()  # the grid reads in the photo's numbers
+        for button in (".smilekit-correct", ".smilekit-incorrect"):
+            size = card.locator(button).bounding_box()
+            assert size["height"] >= 32 and size["x"] + size["width"] <= 390, f"{button} of card {i} is hard to tap: {size}"
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing scrolls sideways
+    assert page.locator(".smilekit-photo img").first.bounding_box()["width"] <= 390
+    page.screenshot(path=str(screenshots / "app-group-390.png"), full_page=True)
+
+    before = len(_wait_for_rows(server.db_url, lambda r: True, "the database"))
+    cards.last.locator(".smilekit-correct").click()
+    expect(cards.last).to_contain_text("Saved: correct")
+    rows = _wait_for_rows(server.db_url, lambda r: len(r) == before + 1, "the verdict on the last face")
+    assert rows[-1]["verdict"] == "correct"
     page.close()
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from smilekit import ui
+from smilekit import render, ui
+from smilekit.faces import Box
 from smilekit.feedback import FeedbackStore, photo_hash
 from smilekit.predict import Predictor
 
@@ -46,6 +47,20 @@ def collage_jpeg(celeba_dir) -> bytes:
     return make_collage(celeba_dir)
 
 
+def group_photo(celeba_dir: Path, cols: int, rows: int) -> bytes:
+    """``cols`` x ``rows`` real CelebA photos at their own size (178x218), every other row shifted by half a photo
+    as people stand in a class photo, on a blue-grey background: a group photo as one JPEG."""
+    ids = [i for i in range(cols * rows + 1) if i != 3][: cols * rows]  # photo 3 has no face the detector finds
+    w, h, gap = 178, 218, 14
+    scene = Image.linear_gradient("L").resize((cols * (w + gap) + gap + w // 2, rows * (h + gap) + gap)).convert("RGB")
+    scene = Image.blend(scene, Image.new("RGB", scene.size, (70, 110, 150)), 0.6)
+    for k, i in enumerate(ids):
+        row, col = divmod(k, cols)
+        scene.paste(Image.open(celeba_dir / "img" / f"{i}.jpg").convert("RGB"),
+                    (gap + col * (w + gap) + (w // 2 if row % 2 else 0), gap + row * (h + gap)))
+    return encode(scene, "JPEG", quality=90)
+
+
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format=fmt, **kwargs)
@@ -67,6 +82,11 @@ def card_text(card) -> str:
 
     walk(card.widget)
     return " ".join(parts)
+
+
+def widget_tree(widget) -> list:
+    """A widget and every widget inside it."""
+    return [widget] + [w for child in getattr(widget, "children", ()) for w in widget_tree(child)]
 
 
 def errors(app) -> list[str]:
@@ -459,3 +479,95 @@ def test_hostile_files_get_a_clear_answer(app, face_jpeg):
             assert message.startswith(f"{name}: ") and "went wrong" not in message, (name, message)
     app.handle_upload([("face.jpg", face_jpeg)])  # and the app still works
     assert len(app.photos[-1].cards) == 1 and errors(app) == []
+
+
+# -- group photos: a summary, a card per face, numbers that match -------------------------
+
+@pytest.mark.parametrize("smiling, detected, said", [
+    ([], True, "no face found"),
+    ([True], True, "1 face found: smiling"),
+    ([False], True, "1 face found: not smiling"),
+    ([True], False, "checked as one face: smiling"),
+    ([False], False, "checked as one face: not smiling"),
+    ([True, False, True, True, False, True, True, False, True, False, True, False], True, "12 faces found: 7 of 12 smiling"),
+    ([True] * 12, True, "12 faces found: everyone is smiling"),
+    ([True, True], True, "2 faces found: everyone is smiling"),
+    ([False] * 5, True, "5 faces found: no one is smiling"),
+])
+def test_photo_summary(smiling, detected, said):
+    assert render.photo_summary(smiling, detected) == said
+
+
+def test_faces_are_numbered_row_by_row():
+    # two uneven rows of faces (as a detector returns them: by x), and a lone face below
+    boxes = [Box(10, 100, 50, 50), Box(12, 20, 40, 40), Box(80, 28, 44, 44), Box(90, 95, 60, 60), Box(160, 10, 40, 40),
+             Box(50, 300, 40, 40)]
+    assert render.face_numbers(boxes) == [4, 1, 2, 5, 3, 6]
+    assert render.face_numbers([]) == []
+
+
+def test_face_numbers_are_readable_in_a_crowd():
+    few = render.label_font_size(900, [200, 220])
+    assert few == 30  # one or a few faces: as before
+    crowd = render.label_font_size(1400, [12] * 50)  # 50 tiny faces: smaller than that, never below the minimum
+    assert crowd == round(1400 * render.LABEL_MIN_FRACTION)
+    assert render.label_font_size(1400, [60] * 50) == 36  # about as big as the faces
+    image = Image.new("RGB", (4000, 3000), "grey")
+    boxes = [Box(100 + 70 * (k % 50), 300 + 400 * (k // 50), 50, 50) for k in range(50)]
+    shown = Image.open(io.BytesIO(render.boxed_photo(image, boxes)))
+    assert max(shown.size) == render.GROUP_DISPLAY_MAX_SIDE  # a group photo is shown larger
+
+
+def test_group_photo_gets_a_card_per_face_with_matching_numbers(app, store, celeba_dir, monkeypatch):
+    drawn = {}
+    real_boxed_photo = render.boxed_photo
+
+    def spy(image, boxes, numbers=None):
+        drawn.update(zip(boxes, numbers))
+        return real_boxed_photo(image, boxes, numbers)
+
+    monkeypatch.setattr(render, "boxed_photo", spy)
+    app.handle_upload([("class.jpg", group_photo(celeba_dir, 6, 5))])
+    (photo,) = app.photos
+    faces = photo.prediction.faces
+    assert len(faces) >= 24  # most of the 30 faces, whatever the detector of the day finds
+    assert len(photo.cards) == len(faces) == len(drawn)
+    numbers = sorted(card.number for card in photo.cards)
+    assert numbers == list(range(1, len(faces) + 1))
+    for card in photo.cards:
+        assert drawn[card.face.box] == card.number  # the number on the photo is the card's
+        assert f"Face {card.number}<" in card.status.value
+    grid = photo.body.children[1]
+    assert "smilekit-cards" in grid._dom_classes and "smilekit-group" in grid._dom_classes
+    assert [c.widget for c in sorted(photo.cards, key=lambda c: c.number)] == list(grid.children)  # the grid reads 1, 2, 3...
+    title = photo.panel.children[0].value
+    smiles = sum(f.smiling for f in faces)
+    assert f"<span class='smilekit-summary'>{len(faces)} faces found: " in title
+    assert (f"{smiles} of {len(faces)} smiling" in title) or ("everyone" in title) or ("no one" in title)
+    # five widgets a card (its box, face, text and two buttons); their layouts and styles are shared, not one each
+    assert all(len(widget_tree(card.widget)) == 5 for card in photo.cards)
+    assert len(widget_tree(photo.panel)) <= 5 * len(faces) + 8
+    parts = [w for card in photo.cards for w in widget_tree(card.widget)]
+    assert len({id(w.layout) for w in parts}) <= 5
+    assert len({id(w.style) for w in parts if hasattr(w, "style")}) <= 2
+    # feedback on the last card, as today
+    last = max(photo.cards, key=lambda c: c.number)
+    last.correct_button.click()
+    (row,) = store.rows()
+    assert row["face_index"] == last.face.index and row["box"] == last.face.box.as_tuple() and row["verdict"] == "correct"
+    assert "Saved: correct" in last.status.value and f"Face {last.number}<" in last.status.value
+    # small JPEG thumbnails; the saliency overlays (PNG) replace them and go back
+    assert last.picture.format == "jpeg" and last.picture.value[:2] == b"\xff\xd8"
+    app.set_saliency(True)
+    assert last.picture.format == "png" and last.picture.value[:8] == b"\x89PNG\r\n\x1a\n"
+    app.set_saliency(False)
+    assert last.picture.format == "jpeg" and last.picture.value == last.thumbnail
+
+
+def test_few_faces_keep_the_larger_cards(app, collage_jpeg):
+    app.handle_upload([("group.jpg", collage_jpeg)])
+    grid = app.photos[0].body.children[1]
+    assert "smilekit-cards" in grid._dom_classes and "smilekit-group" not in grid._dom_classes
+    assert "4 faces found: " in app.photos[0].panel.children[0].value
+    thumb = Image.open(io.BytesIO(app.photos[0].cards[0].picture.value))
+    assert thumb.size == (render.THUMB_SIDE, render.THUMB_SIDE)
