@@ -102,15 +102,16 @@ def photo_summary(smiling: Sequence[bool], detected: bool = True) -> str:
 def face_numbers(boxes: Sequence[faces.Box]) -> list[int]:
     """The number (from 1) of each box as a person reads a group: row by row from the top, left to right.
 
-    A box starts a new row when its centre is more than half a face below the centre of the row's first box.
+    A box starts a new row when its centre is more than three quarters of a face below the mean centre of the
+    row so far (people in one row stand at slightly different heights; rows are about a face or more apart).
     """
     if not boxes:
         return []
     centre = [b.y + b.h / 2 for b in boxes]
-    half_face = float(np.median([b.h for b in boxes])) / 2
+    within = 0.75 * float(np.median([b.h for b in boxes]))
     rows: list[list[int]] = []
     for i in sorted(range(len(boxes)), key=lambda i: centre[i]):
-        if rows and centre[i] - centre[rows[-1][0]] <= half_face:
+        if rows and centre[i] - np.mean([centre[j] for j in rows[-1]]) <= within:
             rows[-1].append(i)
         else:
             rows.append([i])
