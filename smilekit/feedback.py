@@ -8,6 +8,11 @@ the full photo never is.
 
 Writes (``record``, ``forget_crops``) give up within ``WRITE_DEADLINE_S`` with a
 ``FeedbackWriteError`` whose text can be shown to the person as it is.
+
+The live panel asks for ``stats`` after every click, so its cost must not grow with the
+table: database triggers keep ``feedback_summary`` (verdicts per model version, true and
+predicted label) up to date in the same transaction as each write, and the most recent
+verdicts are read through an index.
 """
 from __future__ import annotations
 
@@ -23,9 +28,11 @@ from urllib.parse import quote
 
 from PIL import Image
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     Float,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -34,8 +41,10 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     make_url,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
@@ -108,7 +117,8 @@ class Verdict(Base):
     """A person's verdict on the model's answer for one face."""
 
     __tablename__ = "feedback"
-    __table_args__ = (UniqueConstraint("session_id", "photo_sha256", "face_index", "model_version", name="uq_feedback_face"),)
+    __table_args__ = (UniqueConstraint("session_id", "photo_sha256", "face_index", "model_version", name="uq_feedback_face"),
+                      Index("ix_feedback_recent", "updated_at", "id"))  # the most recent verdicts, without a scan
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
@@ -126,6 +136,59 @@ class Verdict(Base):
     verdict: Mapped[str] = mapped_column(String(16))  # 'correct' or 'incorrect'
     true_smiling: Mapped[bool] = mapped_column(Boolean)
     crop_png: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+
+
+class VerdictCount(Base):
+    """How many verdicts there are per model version, true label and predicted label (kept by triggers)."""
+
+    __tablename__ = "feedback_summary"
+
+    model_version: Mapped[str] = mapped_column(String(128), primary_key=True)
+    true_smiling: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    predicted_smiling: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    verdicts: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+_BUCKET = "model_version, true_smiling, predicted_smiling"
+_CHANGED = ("OLD.model_version IS DISTINCT FROM NEW.model_version OR OLD.true_smiling IS DISTINCT FROM NEW.true_smiling "
+            "OR OLD.predicted_smiling IS DISTINCT FROM NEW.predicted_smiling")
+
+
+def _bucket_sql(row: str, step: int) -> str:
+    """Add ``step`` to the summary bucket of ``row`` (``NEW`` or ``OLD``), creating it when missing."""
+    values = f"{row}.model_version, {row}.true_smiling, {row}.predicted_smiling"
+    return (f"INSERT INTO feedback_summary ({_BUCKET}, verdicts) VALUES ({values}, {step}) "
+            f"ON CONFLICT ({_BUCKET}) DO UPDATE SET verdicts = feedback_summary.verdicts + {step};")
+
+
+#: the triggers that keep feedback_summary, per dialect (SQLite says IS NOT where PostgreSQL says IS DISTINCT FROM)
+_SUMMARY_TRIGGERS = {
+    "sqlite": [
+        f"CREATE TRIGGER feedback_summary_insert AFTER INSERT ON feedback BEGIN {_bucket_sql('NEW', 1)} END",
+        f"CREATE TRIGGER feedback_summary_delete AFTER DELETE ON feedback BEGIN {_bucket_sql('OLD', -1)} END",
+        f"CREATE TRIGGER feedback_summary_update AFTER UPDATE ON feedback WHEN {_CHANGED.replace('IS DISTINCT FROM', 'IS NOT')} "
+        f"BEGIN {_bucket_sql('OLD', -1)} {_bucket_sql('NEW', 1)} END",
+    ],
+    "postgresql": [
+        # a changed verdict moves between two buckets: always in the same order, so that two transactions
+        # moving in opposite directions wait for each other instead of deadlocking
+        "CREATE OR REPLACE FUNCTION feedback_summary_apply() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF TG_OP = 'INSERT' THEN " + _bucket_sql('NEW', 1) + " "
+        "ELSIF TG_OP = 'DELETE' THEN " + _bucket_sql('OLD', -1) + " "
+        "ELSIF (NEW.model_version, NEW.true_smiling, NEW.predicted_smiling) < (OLD.model_version, OLD.true_smiling, "
+        "OLD.predicted_smiling) THEN " + _bucket_sql('NEW', 1) + " " + _bucket_sql('OLD', -1) + " "
+        "ELSE " + _bucket_sql('OLD', -1) + " " + _bucket_sql('NEW', 1) + " END IF; "
+        "RETURN NULL; END $$",
+        "CREATE TRIGGER feedback_summary_insert_delete AFTER INSERT OR DELETE ON feedback "
+        "FOR EACH ROW EXECUTE FUNCTION feedback_summary_apply()",
+        f"CREATE TRIGGER feedback_summary_update AFTER UPDATE ON feedback FOR EACH ROW WHEN ({_CHANGED}) "
+        "EXECUTE FUNCTION feedback_summary_apply()",
+        "CREATE OR REPLACE FUNCTION feedback_summary_clear() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "DELETE FROM feedback_summary; RETURN NULL; END $$",
+        "CREATE TRIGGER feedback_summary_truncate AFTER TRUNCATE ON feedback "
+        "FOR EACH STATEMENT EXECUTE FUNCTION feedback_summary_clear()",
+    ],
+}
 
 
 COLUMNS = ("id", "created_at", "updated_at", "session_id", "photo_sha256", "face_index", "box", "predicted_smiling",
@@ -198,12 +261,31 @@ class FeedbackStore:
 
     def _create_schema(self) -> None:
         try:
-            Base.metadata.create_all(self.engine)
+            self._create_tables()
         except DBAPIError as err:
             if _is_read_only(err):
                 raise
             # another store created it at the same moment ("already exists"); now it is there
-            Base.metadata.create_all(self.engine)
+            self._create_tables()
+
+    def _create_tables(self) -> None:
+        """The feedback table with its index, and the summary with its triggers (filled from what is there)."""
+        Base.metadata.create_all(self.engine, tables=[Verdict.__table__])
+        self.summarised = VerdictCount.__tablename__ in inspect(self.engine).get_table_names()
+        if self.summarised or self.engine.dialect.name not in _SUMMARY_TRIGGERS:
+            return
+        with self.engine.begin() as conn:
+            if self.engine.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")  # one store at a time from here on
+            else:
+                conn.exec_driver_sql("LOCK TABLE feedback IN SHARE ROW EXCLUSIVE MODE")  # no writes, no other store
+            if VerdictCount.__tablename__ not in inspect(conn).get_table_names():
+                VerdictCount.__table__.create(conn)
+                for statement in _SUMMARY_TRIGGERS[self.engine.dialect.name]:
+                    conn.exec_driver_sql(statement)
+                conn.execute(text(f"INSERT INTO feedback_summary ({_BUCKET}, verdicts) "
+                                  f"SELECT {_BUCKET}, count(*) FROM feedback GROUP BY {_BUCKET}"))
+        self.summarised = True
 
     # -- writing ---------------------------------------------------------------
 
@@ -353,34 +435,41 @@ class FeedbackStore:
         ``agreement`` is the share of verdicts saying the model was right (None when
         there are none); ``agreement_last`` the same over the ``last`` most recent;
         ``confusion`` is ``[[tn, fp], [fn, tp]]``: rows the true label, columns the
-        predicted one.
+        predicted one. Reads the summary and ``last`` rows, whatever the table's size.
         """
-        agreed = func.sum(case((Verdict.verdict == "correct", 1), else_=0))
         with Session(self.engine) as session:
-            count, agree = session.execute(select(func.count(Verdict.id), agreed)).one()
             recent = (select(Verdict.verdict).order_by(Verdict.updated_at.desc(), Verdict.id.desc()).limit(last).subquery())
             last_count, last_agree = session.execute(
                 select(func.count(), func.sum(case((recent.c.verdict == "correct", 1), else_=0)))
             ).one()
-            per_version = {
-                version: {"count": n, "agreement": (a or 0) / n}
-                for version, n, a in session.execute(
-                    select(Verdict.model_version, func.count(Verdict.id), agreed).group_by(Verdict.model_version)
-                )
-            }
-            confusion = [[0, 0], [0, 0]]
-            for truth, predicted, n in session.execute(
-                select(Verdict.true_smiling, Verdict.predicted_smiling, func.count(Verdict.id))
-                .group_by(Verdict.true_smiling, Verdict.predicted_smiling)
-            ):
-                confusion[int(bool(truth))][int(bool(predicted))] += n
+            counts = session.execute(self._counts_query()).all()
+        per_version: dict[str, dict] = {}
+        confusion = [[0, 0], [0, 0]]
+        for version, truth, predicted, n in counts:
+            if not n:
+                continue
+            confusion[int(bool(truth))][int(bool(predicted))] += n
+            entry = per_version.setdefault(version, {"count": 0, "agreed": 0})
+            entry["count"] += n
+            entry["agreed"] += n if bool(truth) == bool(predicted) else 0
+        count = sum(v["count"] for v in per_version.values())
+        agree = sum(v["agreed"] for v in per_version.values())
         return {
             "count": count,
-            "agreement": (agree or 0) / count if count else None,
+            "agreement": agree / count if count else None,
             "agreement_last": (last_agree or 0) / last_count if last_count else None,
-            "per_version": per_version,
+            "per_version": {k: {"count": v["count"], "agreement": v["agreed"] / v["count"]} for k, v in sorted(per_version.items())},
             "confusion": confusion,
         }
+
+    def _counts_query(self):
+        """(model version, true label, predicted label, verdicts): from the summary, or counted where there is none
+        (a read-only database made before the summary existed)."""
+        if self.summarised:
+            return select(VerdictCount.model_version, VerdictCount.true_smiling, VerdictCount.predicted_smiling,
+                          VerdictCount.verdicts)
+        return (select(Verdict.model_version, Verdict.true_smiling, Verdict.predicted_smiling, func.count(Verdict.id))
+                .group_by(Verdict.model_version, Verdict.true_smiling, Verdict.predicted_smiling))
 
     def consented_crops(self) -> list[tuple[Image.Image, int]]:
         """(64x64 greyscale crop, true label 0/1) for every verdict stored with its crop."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import random
 import threading
 
 import pytest
@@ -208,3 +209,51 @@ def test_one_store_shared_by_threads(store):
     assert errors == []
     assert len(store.rows()) == 6 * 20
     assert store.stats()["count"] == 6 * 20
+
+
+def _recount(rows: list[dict]) -> dict:
+    """The stats figures counted the slow way, from every row."""
+    confusion = [[0, 0], [0, 0]]
+    per_version: dict[str, list[int]] = {}
+    for r in rows:
+        confusion[int(r["true_smiling"])][int(r["predicted_smiling"])] += 1
+        counts = per_version.setdefault(r["model_version"], [0, 0])
+        counts[0] += 1
+        counts[1] += r["verdict"] == "correct"
+    return {"count": len(rows), "confusion": confusion,
+            "per_version": {v: {"count": n, "agreement": pytest.approx(a / n)} for v, (n, a) in per_version.items()}}
+
+
+def test_summary_follows_inserts_changes_and_deletes(store):
+    rng = random.Random(0)
+    for _ in range(300):
+        _record(store, session=f"s{rng.randrange(5)}", face=rng.randrange(12), version=rng.choice(["v1", "v2"]),
+                probability=rng.random(), correct=rng.random() < 0.7)
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM feedback WHERE face_index = 3")
+        conn.exec_driver_sql("UPDATE feedback SET model_version = 'v3' WHERE face_index = 4 AND model_version = 'v1'")
+    stats = store.stats()
+    expected = _recount(store.rows())
+    assert {k: stats[k] for k in expected} == expected
+    assert set(stats["per_version"]) == {"v1", "v2", "v3"}
+
+
+def test_a_database_from_before_the_summary_is_counted_once(db_url):
+    store = FeedbackStore(db_url)
+    for face in range(7):
+        _record(store, face=face, correct=face % 3 != 0, version="v1" if face < 5 else "v2")
+    with store.engine.begin() as conn:  # as a database made by an earlier version: no summary, no triggers
+        if store.engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("DROP TABLE feedback_summary; DROP FUNCTION feedback_summary_apply CASCADE; "
+                                 "DROP FUNCTION feedback_summary_clear CASCADE")
+        else:
+            for name in ("insert", "delete", "update"):
+                conn.exec_driver_sql(f"DROP TRIGGER feedback_summary_{name}")
+            conn.exec_driver_sql("DROP TABLE feedback_summary")
+    store.close()
+    store = FeedbackStore(db_url)  # fills the summary from the rows there
+    _record(store, face=7, correct=True, version="v2")
+    stats = store.stats()
+    expected = _recount(store.rows())
+    store.close()
+    assert {k: stats[k] for k in expected} == expected and stats["count"] == 8

@@ -236,7 +236,7 @@ def test_read_only_postgresql(postgres_server, how):
         else:
             reader = f"reader_{uuid.uuid4().hex[:8]}"
             cur.execute(f"CREATE ROLE {reader} LOGIN")
-            cur.execute(f"GRANT SELECT ON feedback TO {reader}")
+            cur.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {reader}")  # the feedback table and its summary
             url = make_url(url).set(username=reader).render_as_string(hide_password=False)
     admin.close()
     store = FeedbackStore(url)
