@@ -1,7 +1,6 @@
 """The app as a person uses it: Voilà started like scripts/serve, driven in headless Chromium."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -11,8 +10,7 @@ from PIL import Image
 
 from smilekit.feedback import FeedbackStore
 from smilekit.ui import MAX_FILE_BYTES
-from conftest import COLLAGE_IDS, UI_TIMEOUT_MS, VoilaServer, dev_model, make_collage, open_app, upload
-from test_ui import group_photo
+from conftest import COLLAGE_IDS, UI_TIMEOUT_MS, group_photo, make_collage, open_app, upload
 
 pytestmark = pytest.mark.browser
 
@@ -44,23 +42,6 @@ def _patient_expect():
     expect.set_options(timeout=UI_TIMEOUT_MS)
     yield
     expect.set_options(timeout=5_000)
-
-
-@pytest.fixture(scope="module")
-def server(request, tmp_path_factory):
-    """scripts/serve on a free loopback port with a temporary database and Jupyter state."""
-    pytest.importorskip("playwright.sync_api")
-    model = dev_model(request, tmp_path_factory)
-    served = VoilaServer(tmp_path_factory.mktemp("voila-state"), model)
-    yield served
-    served.close()
-
-
-@pytest.fixture(scope="module")
-def screenshots(tmp_path_factory) -> Path:
-    folder = Path(os.environ["SMILEKIT_SCREENSHOTS"]) if os.environ.get("SMILEKIT_SCREENSHOTS") else tmp_path_factory.mktemp("screenshots")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def _wait_for_rows(db_url: str, check, what: str) -> list[dict]:

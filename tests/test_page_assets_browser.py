@@ -167,11 +167,7 @@ def test_kernel_death_shows_banner_and_reload_recovers(browser, server, celeba_d
     print(f"\nkernel killed -> banner in {elapsed:.2f} s ({reason})")
     assert elapsed < KERNEL_DEATH_BOUND_S
 
-    _check_banner(page, 390)
-    page.screenshot(path=str(screenshots / "connection-lost-kernel-390.png"))
-    page.set_viewport_size({"width": 1280, "height": 800})
-    _check_banner(page, 1280)
-    page.screenshot(path=str(screenshots / "connection-lost-kernel-1280.png"))
+    _banner_on_phone_and_desktop(page, screenshots / "connection-lost-kernel")
 
     with page.expect_navigation():
         page.click(".smilekit-reload")
@@ -183,6 +179,14 @@ def test_kernel_death_shows_banner_and_reload_recovers(browser, server, celeba_d
     page.locator(".smilekit-face .smilekit-correct").click()
     expect(page.locator(".smilekit-face")).to_contain_text("Saved: correct")
     page.close()
+
+
+def _banner_on_phone_and_desktop(page, screenshot_stem) -> None:
+    """The banner checked (and photographed) on a 390 px phone, then on a 1280 px desktop."""
+    for width, height in ((390, 844), (1280, 800)):
+        page.set_viewport_size({"width": width, "height": height})
+        _check_banner(page, width)
+        page.screenshot(path=f"{screenshot_stem}-{width}.png")
 
 
 def test_hung_and_stopped_server_show_banner(model_path, tmp_path_factory, browser, screenshots):
@@ -209,11 +213,7 @@ def test_hung_and_stopped_server_show_banner(model_path, tmp_path_factory, brows
         elapsed = visit.wait_for_banner(clock, killed_at, SERVER_DEATH_BOUND_S)
         print(f"server killed -> banner in {elapsed:.2f} s ({page.evaluate('window.smilekitConnection.reason')})")
         assert elapsed < SERVER_DEATH_BOUND_S
-        _check_banner(page, 390)
-        page.screenshot(path=str(screenshots / "connection-lost-server-390.png"))
-        page.set_viewport_size({"width": 1280, "height": 800})
-        _check_banner(page, 1280)
-        page.screenshot(path=str(screenshots / "connection-lost-server-1280.png"))
+        _banner_on_phone_and_desktop(page, screenshots / "connection-lost-server")
         page.close()
     finally:
         served.close()

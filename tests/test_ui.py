@@ -6,7 +6,6 @@ import io
 import logging
 import re
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -16,7 +15,7 @@ from smilekit.faces import Box
 from smilekit.feedback import FeedbackStore, photo_hash
 from smilekit.predict import Predictor
 
-from conftest import COLLAGE_IDS, make_collage
+from conftest import COLLAGE_IDS, group_photo, make_collage
 from hostile_files import hostile_files, png_header_only
 
 
@@ -45,20 +44,6 @@ def face_jpeg(celeba_dir) -> bytes:
 @pytest.fixture(scope="session")
 def collage_jpeg(celeba_dir) -> bytes:
     return make_collage(celeba_dir)
-
-
-def group_photo(celeba_dir: Path, cols: int, rows: int) -> bytes:
-    """``cols`` x ``rows`` real CelebA photos at their own size (178x218), every other row shifted by half a photo
-    as people stand in a class photo, on a blue-grey background: a group photo as one JPEG."""
-    ids = [i for i in range(cols * rows + 1) if i != 3][: cols * rows]  # photo 3 has no face the detector finds
-    w, h, gap = 178, 218, 14
-    scene = Image.linear_gradient("L").resize((cols * (w + gap) + gap + w // 2, rows * (h + gap) + gap)).convert("RGB")
-    scene = Image.blend(scene, Image.new("RGB", scene.size, (70, 110, 150)), 0.6)
-    for k, i in enumerate(ids):
-        row, col = divmod(k, cols)
-        scene.paste(Image.open(celeba_dir / "img" / f"{i}.jpg").convert("RGB"),
-                    (gap + col * (w + gap) + (w // 2 if row % 2 else 0), gap + row * (h + gap)))
-    return encode(scene, "JPEG", quality=90)
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
