@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import faces
+from . import faces, settings
 from .faces import CONTEXT  # crops are cached with this much context around the model crop, for augmentation
 from .runtime import INPUT_SIZE
 
@@ -36,8 +35,7 @@ class Sample:
 
 def data_root(root=None) -> Path:
     """The data folder: ``root`` if given, else ``$SMILEKIT_DATA``, else ``data/`` in the project."""
-    chosen = root or os.environ.get("SMILEKIT_DATA") or Path(__file__).resolve().parent.parent / "data"
-    path = Path(chosen).expanduser()
+    path = Path(root).expanduser() if root else settings.data_root()
     if not path.is_dir():
         raise FileNotFoundError(f"Data folder {path} does not exist: pass a data root or set SMILEKIT_DATA (see data/README.md)")
     return path
@@ -147,7 +145,7 @@ def face_crops(samples: list[Sample], context: float = CONTEXT, cache_dir=None, 
     Results are cached in ``cache_dir`` (default ``$SMILEKIT_CACHE`` or ``outputs/cache``).
     """
     size = int(round(INPUT_SIZE * context))
-    cache_dir = Path(cache_dir or os.environ.get("SMILEKIT_CACHE") or Path(__file__).resolve().parent.parent / "outputs" / "cache")
+    cache_dir = Path(cache_dir) if cache_dir else settings.cache_dir()
     cache_file = cache_dir / f"crops-{_cache_key(samples, context)}.npz"
     if cache_file.is_file():
         cached = np.load(cache_file)

@@ -16,22 +16,10 @@ import torch
 from . import data as data_mod
 from . import metrics
 from .model import load_checkpoint, logits_of
-from .runtime import probabilities, promoted_models_dir
+from .runtime import probabilities
 from .train import _json_default, center
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TEST_DATASETS = ("smilesmiled", "celeba-subset")
-
-
-def project_path(path) -> Path:
-    """``path`` as given if absolute, else relative to the project root (same from papermill and JupyterLab)."""
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else PROJECT_ROOT / path
-
-
-def models_dir(path=None) -> Path:
-    """Where promoted models go: ``path``, else the folder the app reads (:func:`runtime.promoted_models_dir`)."""
-    return project_path(path) if path else promoted_models_dir()
 
 
 @dataclass

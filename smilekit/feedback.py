@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,10 +49,10 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from . import settings
+
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DB = ROOT / "outputs" / "feedback.db"
 #: the longest ``record`` or ``forget_crops`` takes before it gives up with a ``FeedbackWriteError``, in seconds
 WRITE_DEADLINE_S = 3.0
 #: how long one SQLite write attempt waits for another writer's lock, in milliseconds (then it retries)
@@ -215,16 +214,11 @@ def _sqlite_file(url) -> Path | None:
     return Path(database) if database and database != ":memory:" and not database.startswith("file:") else None
 
 
-def default_url() -> str:
-    """``SMILEKIT_DB_URL``, else the SQLite file ``outputs/feedback.db`` in the project."""
-    return os.environ.get("SMILEKIT_DB_URL") or f"sqlite:///{DEFAULT_DB}"
-
-
 class FeedbackStore:
     """Records verdicts and answers questions about them."""
 
     def __init__(self, url: str | None = None):
-        self.url = url or default_url()
+        self.url = url or settings.db_url()
         self.engine = self._engine(self.url)
         try:
             self._create_schema()

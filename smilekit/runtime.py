@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -20,16 +19,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from . import settings
+
 INPUT_SIZE = 64
 LABELS = ("not_smiling", "smiling")
 PREPROCESSING = "face crop (smilekit.faces geometry), greyscale, 64x64 bilinear, [0,1]; per-image standardisation inside the model"
 SHIPPED_MODEL = Path(__file__).parent / "weights" / "smilenet.pt"
-
-
-def promoted_models_dir() -> Path:
-    """Where promoted models live: ``$SMILEKIT_MODELS_DIR`` (relative to the project root), else ``outputs/models``."""
-    folder = Path(os.environ.get("SMILEKIT_MODELS_DIR") or "outputs/models").expanduser()
-    return folder if folder.is_absolute() else Path(__file__).resolve().parent.parent / folder
 
 
 def default_model_path() -> Path:
@@ -38,9 +33,9 @@ def default_model_path() -> Path:
     ``SMILEKIT_MODEL`` (a checkpoint file) wins; else the newest promoted model in
     ``SMILEKIT_MODELS_DIR`` (default ``outputs/models``); else the shipped model.
     """
-    if os.environ.get("SMILEKIT_MODEL"):
-        return Path(os.environ["SMILEKIT_MODEL"])
-    folder = promoted_models_dir()
+    if (chosen := settings.model_path()) is not None:
+        return chosen
+    folder = settings.models_dir()
     promoted = sorted(folder.glob("*.pt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
     return promoted[-1] if promoted else SHIPPED_MODEL
 

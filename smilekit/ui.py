@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import html
 import logging
-import os
 import sys
 import time
 import uuid
@@ -24,7 +23,7 @@ from PIL import Image
 from sqlalchemy.exc import SQLAlchemyError
 from traitlets import Dict
 
-from . import images, render
+from . import images, render, settings
 from .feedback import DatabaseBusy, FeedbackStore, FeedbackWriteError, photo_hash
 from .images import ImageError
 from .predict import FacePrediction, PhotoPrediction, Predictor
@@ -44,9 +43,6 @@ MAX_FILES_PER_UPLOAD = 20
 #: faces one page visit may give verdicts on (changing a verdict updates the same row)
 MAX_VERDICTS_PER_SESSION = 500
 
-#: inference threads per app kernel: one face needs ~1 ms on one thread, while two threads on a busy
-#: 2-core server wait on each other for ~300 ms; each browser session has its own kernel anyway
-INFERENCE_THREADS = int(os.environ.get("SMILEKIT_THREADS", "1"))
 
 log = logging.getLogger(__name__)
 if not log.handlers:  # the kernel's sys.stderr would print into the page
@@ -83,11 +79,6 @@ def _style(kind: type) -> widgets.Widget:
 def _row_wrap(children=(), **layout) -> widgets.Box:
     layout = {"display": "flex", "flex_flow": "row wrap", "align_items": "flex-start", **layout}
     return widgets.Box(list(children), layout=_layout(**layout))
-
-
-def served_by_voila() -> bool:
-    """True in a kernel that Voilà started for a visitor (or preheated for one)."""
-    return "VOILA_BASE_URL" in os.environ
 
 
 def keep_errors_on_the_server(shell=None) -> None:
@@ -176,8 +167,8 @@ class SmileApp:
     """The whole app for one browser session."""
 
     def __init__(self, predictor: Predictor | None = None, store: FeedbackStore | None = None, session_id: str | None = None):
-        set_threads(INFERENCE_THREADS)
-        if served_by_voila():
+        set_threads(settings.inference_threads())
+        if settings.served_by_voila():
             keep_errors_on_the_server()
         self.session_id = session_id or uuid.uuid4().hex
         self.photos: list[Photo] = []

@@ -27,19 +27,6 @@ def checkpoint(tmp_path):
     return tmp_path / "m.pt"
 
 
-def test_project_path_keeps_absolute_paths_and_anchors_relative_ones(tmp_path):
-    assert evaluate.project_path(tmp_path) == tmp_path
-    assert evaluate.project_path("outputs/x.json") == evaluate.PROJECT_ROOT / "outputs" / "x.json"
-
-
-def test_models_dir_follows_argument_then_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("SMILEKIT_MODELS_DIR", str(tmp_path / "env"))
-    assert evaluate.models_dir() == tmp_path / "env"
-    assert evaluate.models_dir(tmp_path / "given") == tmp_path / "given"
-    monkeypatch.delenv("SMILEKIT_MODELS_DIR")
-    assert evaluate.models_dir() == evaluate.PROJECT_ROOT / "outputs" / "models"
-
-
 def test_evaluate_applies_the_checkpoint_temperature(checkpoint):
     sets = {"toy": _face_set()}
     result = evaluate.evaluate(checkpoint, sets)["toy"]

@@ -83,13 +83,3 @@ def test_default_model_prefers_env_then_newest_promoted(tmp_path, monkeypatch):
     assert R.default_model_path() == tmp_path / "b.pt"
     monkeypatch.setenv("SMILEKIT_MODEL", str(tmp_path / "a.pt"))
     assert R.default_model_path() == tmp_path / "a.pt"
-
-
-def test_promotion_folder_is_the_folder_the_app_reads(monkeypatch):
-    from smilekit import evaluate
-
-    monkeypatch.setenv("SMILEKIT_MODELS_DIR", "somewhere/models")
-    expected = R.SHIPPED_MODEL.parent.parent.parent / "somewhere" / "models"
-    assert R.promoted_models_dir() == evaluate.models_dir() == expected
-    monkeypatch.delenv("SMILEKIT_MODELS_DIR")
-    assert evaluate.models_dir() == R.promoted_models_dir() == expected.parent.parent / "outputs" / "models"

@@ -1,0 +1,69 @@
+"""Every setting SmileKit takes from the environment, with its default, in one place.
+
+Each is read when asked for (not at import), so a test or a notebook can change the
+environment first. Defaults are inside the project, wherever the code runs from (papermill,
+JupyterLab, the command line); ``SMILEKIT_MODELS_DIR`` is taken from the project root too.
+
+| variable | what | default |
+|---|---|---|
+| ``SMILEKIT_DATA`` | the face data folder | ``data/`` |
+| ``SMILEKIT_CACHE`` | cached face crops | ``outputs/cache/`` |
+| ``SMILEKIT_DB_URL`` | the feedback database | SQLite file ``outputs/feedback.db`` |
+| ``SMILEKIT_MODEL`` | the checkpoint to serve | the newest in the models folder, else the shipped one |
+| ``SMILEKIT_MODELS_DIR`` | where promoted models go | ``outputs/models/`` |
+| ``SMILEKIT_THREADS`` | inference threads per app kernel | 1 |
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def project_path(path) -> Path:
+    """``path`` as given if absolute, else relative to the project root."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else ROOT / path
+
+
+def _path(variable: str, default: str) -> Path:
+    """The variable's path as given, else ``default`` in the project."""
+    value = os.environ.get(variable)
+    return Path(value).expanduser() if value else ROOT / default
+
+
+def data_root() -> Path:
+    """The face data folder (``SMILEKIT_DATA``)."""
+    return _path("SMILEKIT_DATA", "data")
+
+
+def cache_dir() -> Path:
+    """Where face crops are cached (``SMILEKIT_CACHE``)."""
+    return _path("SMILEKIT_CACHE", "outputs/cache")
+
+
+def db_url() -> str:
+    """The feedback database's URL (``SMILEKIT_DB_URL``), by default an SQLite file in ``outputs/``."""
+    return os.environ.get("SMILEKIT_DB_URL") or f"sqlite:///{ROOT / 'outputs' / 'feedback.db'}"
+
+
+def models_dir(path=None) -> Path:
+    """Where promoted models live and the app looks for the newest: ``path``, else ``SMILEKIT_MODELS_DIR``."""
+    return project_path(path or os.environ.get("SMILEKIT_MODELS_DIR") or "outputs/models")
+
+
+def model_path() -> Path | None:
+    """The checkpoint named by ``SMILEKIT_MODEL``, or None."""
+    return Path(os.environ["SMILEKIT_MODEL"]).expanduser() if os.environ.get("SMILEKIT_MODEL") else None
+
+
+def inference_threads() -> int:
+    """Threads an app kernel gives inference (``SMILEKIT_THREADS``): one face needs ~1 ms on one thread, while
+    two threads on a busy 2-core server wait on each other; each browser session has its own kernel anyway."""
+    return int(os.environ.get("SMILEKIT_THREADS") or 1)
+
+
+def served_by_voila() -> bool:
+    """True in a kernel that Voilà started for a visitor (or preheated for one)."""
+    return "VOILA_BASE_URL" in os.environ

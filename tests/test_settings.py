@@ -1,0 +1,50 @@
+"""Settings from the environment: each read when asked for, with defaults inside the project."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from smilekit import settings
+from smilekit.runtime import SHIPPED_MODEL, default_model_path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_project_path_keeps_absolute_paths_and_anchors_relative_ones(tmp_path):
+    assert settings.ROOT == ROOT
+    assert settings.project_path(tmp_path) == tmp_path
+    assert settings.project_path("outputs/x.json") == ROOT / "outputs" / "x.json"
+
+
+def test_defaults_are_inside_the_project(monkeypatch):
+    for variable in ("SMILEKIT_DATA", "SMILEKIT_CACHE", "SMILEKIT_DB_URL", "SMILEKIT_MODEL", "SMILEKIT_MODELS_DIR", "SMILEKIT_THREADS"):
+        monkeypatch.delenv(variable, raising=False)
+    assert settings.data_root() == ROOT / "data"
+    assert settings.cache_dir() == ROOT / "outputs" / "cache"
+    assert settings.db_url() == f"sqlite:///{ROOT / 'outputs' / 'feedback.db'}"
+    assert settings.models_dir() == ROOT / "outputs" / "models"
+    assert settings.model_path() is None
+    assert settings.inference_threads() == 1
+
+
+def test_environment_wins_and_is_read_when_asked(monkeypatch, tmp_path):
+    monkeypatch.setenv("SMILEKIT_DATA", str(tmp_path / "faces"))
+    monkeypatch.setenv("SMILEKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SMILEKIT_DB_URL", "postgresql+psycopg2://u@h/db")
+    monkeypatch.setenv("SMILEKIT_MODEL", str(tmp_path / "m.pt"))
+    monkeypatch.setenv("SMILEKIT_THREADS", "2")
+    assert settings.data_root() == tmp_path / "faces"
+    assert settings.cache_dir() == tmp_path / "cache"
+    assert settings.db_url() == "postgresql+psycopg2://u@h/db"
+    assert settings.model_path() == tmp_path / "m.pt"
+    assert settings.inference_threads() == 2
+
+
+def test_models_folder_follows_argument_then_environment_from_the_project_root(monkeypatch, tmp_path):
+    monkeypatch.setenv("SMILEKIT_MODELS_DIR", "somewhere/models")
+    assert settings.models_dir() == ROOT / "somewhere" / "models"
+    assert settings.models_dir(tmp_path / "given") == tmp_path / "given"
+    monkeypatch.setenv("SMILEKIT_MODELS_DIR", str(tmp_path / "promoted"))
+    (tmp_path / "promoted").mkdir()
+    assert default_model_path() == SHIPPED_MODEL  # nothing promoted yet
+    (tmp_path / "promoted" / "new.pt").write_bytes(b"x")
+    assert default_model_path() == tmp_path / "promoted" / "new.pt"  # the app serves what was promoted there
