@@ -15,9 +15,8 @@ import torch
 
 from . import data as data_mod
 from . import metrics
-from .model import load_checkpoint, logits_of
+from .model import center, load_checkpoint, logits_of
 from .runtime import probabilities
-from .train import _json_default, center
 
 TEST_DATASETS = ("smilesmiled", "celeba-subset")
 
@@ -126,6 +125,14 @@ def balanced_indices(labels: np.ndarray, n: int) -> np.ndarray:
 def model_crops(crops: np.ndarray) -> np.ndarray:
     """The 64x64 model crops (uint8) inside context crops."""
     return (center(torch.from_numpy(crops))[:, 0].numpy() * 255).round().astype(np.uint8)
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value)}")
 
 
 def write_json(path, payload: dict) -> Path:

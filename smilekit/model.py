@@ -162,3 +162,12 @@ def logits_of(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> 
     model.eval()
     out = [model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+def center(crops: torch.Tensor) -> torch.Tensor:
+    """The model crop from context crops (N x S x S uint8): N x 1 x 64 x 64 in [0, 1]."""
+    x = crops.float().div(255).unsqueeze(1)
+    if x.shape[-1] != INPUT_SIZE:
+        off = (x.shape[-1] - INPUT_SIZE) // 2
+        x = x[..., off : off + INPUT_SIZE, off : off + INPUT_SIZE]
+    return x.contiguous()

@@ -6,7 +6,6 @@ best epoch (by mean balanced accuracy over the validation sets) is kept, and a
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -20,7 +19,8 @@ from tqdm.auto import tqdm
 
 from . import data as data_mod
 from . import metrics
-from .model import build_model, load_checkpoint, logits_of, save_checkpoint
+from .evaluate import write_json
+from .model import build_model, center, load_checkpoint, logits_of, save_checkpoint
 from .runtime import INPUT_SIZE, probabilities
 
 
@@ -49,15 +49,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def center(crops: torch.Tensor) -> torch.Tensor:
-    """The model crop from context crops (N x S x S uint8): N x 1 x 64 x 64 in [0, 1]."""
-    x = crops.float().div(255).unsqueeze(1)
-    if x.shape[-1] != INPUT_SIZE:
-        off = (x.shape[-1] - INPUT_SIZE) // 2
-        x = x[..., off : off + INPUT_SIZE, off : off + INPUT_SIZE]
-    return x.contiguous()
 
 
 def augment(crops: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -268,7 +259,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     checkpoint = save_checkpoint(out, model, arch, arch_kwargs, temperature=temperature, data=data_desc,
                                  metrics={"val": val, "test": test}, trained_at=time.strftime("%Y-%m-%d %H:%M:%S"))
     report["version"] = checkpoint["version"]
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=_json_default))
+    write_json(out.with_suffix(".json"), report)
     for tmp in (last_path, out.with_suffix(".best.pt")):
         tmp.unlink(missing_ok=True)
     return report
@@ -277,11 +268,3 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
 def _resize(crops: np.ndarray, size: int) -> np.ndarray:
     t = torch.from_numpy(crops).float().unsqueeze(1)
     return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False).round().clamp(0, 255).byte().squeeze(1).numpy()
-
-
-def _json_default(value):
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value)}")

@@ -15,7 +15,7 @@ from smilekit.data import CONTEXT_SIZE
 from smilekit.model import SmileNet, load_checkpoint, save_checkpoint
 from smilekit.predict import Predictor
 from smilekit.runtime import default_model_path
-from smilekit.train import center
+from smilekit.model import center
 
 
 def _summary(**accuracy):

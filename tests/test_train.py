@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from smilekit.model import load_checkpoint
-from smilekit.train import TrainConfig, WeightAverage, augment, balanced_weights, center, erase, train
+from smilekit.model import center
+from smilekit.train import TrainConfig, WeightAverage, augment, balanced_weights, erase, train
 
 
 def test_augment_and_center_shapes_and_range():
