@@ -30,12 +30,12 @@ from .predict import FacePrediction, PhotoPrediction, Predictor
 from .runtime import set_threads
 
 #: the app's own limit per photo (phone photos are 2-12 MB)
-MAX_FILE_BYTES = 32 * 1024 * 1024
+MAX_FILE_BYTES = 30 * 1024 * 1024
 #: photos kept on the page; older ones leave it (their verdicts stay in the database)
 MAX_PHOTOS_SHOWN = 40
 #: all photos picked at once travel in one websocket message, held in the kernel until all are checked:
 #: with the largest photo decoded (images.MAX_DECODED_PIXELS) a kernel stays under 300 MB (benchmarks/bench_memory.py)
-MAX_UPLOAD_BYTES = 36 * 1024 * 1024
+MAX_UPLOAD_BYTES = 30 * 1024 * 1024
 #: a photo in which no face was found is kept this small (long side, pixels) until its whole picture is checked
 WHOLE_PICTURE_SIDE = 640
 #: photos checked from one upload (the browser refuses more; a crafted message gets the rest refused)
