@@ -104,8 +104,8 @@ CASES = {
     "png-noise-45mb": ("45 MB noisy PNG", lambda: [("noise.png", _noise_png(45, 0))], False),
     "two-45mb": ("two 45 MB noisy PNGs, one upload", lambda: [("a.png", _noise_png(45, 1)), ("b.png", _noise_png(45, 2))], False),
     "two-15mb": ("two 15 MB noisy PNGs, one upload", lambda: [("a.png", _noise_png(15, 3)), ("b.png", _noise_png(15, 4))], False),
-    "png-12mp-noisy-plus": ("12 MP noisy 27 MB PNG + 2 MB PNG, one upload", lambda: [
-        ("p12.png", _noisy_faces_png((4000, 3000), 24)), ("other.png", _noise_png(2, 5))], False),
+    "png-12mp-noisy-plus": ("12 MP noisy 25 MB PNG + 5 MB PNG, one upload", lambda: [
+        ("p12.png", _noisy_faces_png((4000, 3000), 16)), ("other.png", _noise_png(5, 5))], False),
     "strip-whole": ("10,000 x 300 strip + whole picture", lambda: [("strip.png", _strip())], True),
     "png-12mp": ("12 MP PNG (4,000 x 3,000)", lambda: [("p12.png", _encode(_faces((4000, 3000)), "PNG", compress_level=1))], False),
     "png-16mp": ("16 MP PNG (4,896 x 3,264)", lambda: [("p16.png", _encode(_faces((4896, 3264)), "PNG", compress_level=1))], False),

@@ -30,7 +30,7 @@ from .predict import FacePrediction, PhotoPrediction, Predictor
 from .runtime import set_threads
 
 #: the app's own limit per photo (phone photos are 2-12 MB)
-MAX_FILE_BYTES = 30 * 1024 * 1024
+MAX_FILE_BYTES = 25 * 1024 * 1024
 #: photos kept on the page; older ones leave it (their verdicts stay in the database)
 MAX_PHOTOS_SHOWN = 40
 #: all photos picked at once travel in one websocket message, held in the kernel until all are checked:
