@@ -15,6 +15,12 @@ def _predictor(model):
     return Predictor(model)
 
 
+def summary(faces) -> dict:
+    """A photo's faces in a few figures: how many, how many smile, and whether everyone does (false with no face)."""
+    smiling = sum(1 for f in faces if f.smiling)
+    return {"faces": len(faces), "smiling": smiling, "everyone_smiling": bool(faces) and smiling == len(faces)}
+
+
 def cmd_predict(args) -> int:
     """One JSON object (or a readable line) per photo; errors are reported per photo, never as a traceback."""
     predictor = _predictor(args.model)
@@ -22,7 +28,8 @@ def cmd_predict(args) -> int:
     for path in args.paths:
         try:
             result = predictor.predict(path, whole_image=args.whole)
-            record = {"path": path, "model_version": result.model_version, "faces": [f.to_dict() for f in result.faces]}
+            record = {"path": path, "model_version": result.model_version, "faces": [f.to_dict() for f in result.faces],
+                      "summary": summary(result.faces)}
         except (ImageError, OSError) as err:
             failures += 1
             record = {"path": path, "error": str(err) if isinstance(err, ImageError) else f"cannot read file: {err.strerror or err}"}

@@ -87,36 +87,67 @@ class ImageError(ValueError):
     """A file that cannot be used as a photo; the message is meant for the user."""
 
 
-def load_image(source, max_side: int = WORK_MAX_SIDE) -> Image.Image:
-    """Return ``source`` (bytes, path or PIL image) as an upright RGB image.
+def load_photo(source, max_side: int = WORK_MAX_SIDE, detail_side: int = 4096) -> tuple[Image.Image, Image.Image | None]:
+    """:func:`load_image` of ``source``, and when the photo was reduced for work, a greyscale copy of it up to
+    ``detail_side`` (to find and cut small faces), else None.
+
+    Formats decoded at full size give both copies from one decoding; JPEGs are decoded a second time, straight
+    to greyscale at the size wanted (libjpeg's draft mode), after the first decoding is freed.
+    """
+    image, detail = _load(source, max_side, "RGB", detail_side)
+    if detail is None and max(image.info.get("full_size", image.size)) > max(image.size):
+        detail = load_image(source, detail_side, mode="L")  # a JPEG: decoded again, only its luminance
+    return image, detail
+
+
+def load_image(source, max_side: int = WORK_MAX_SIDE, mode: str = "RGB") -> Image.Image:
+    """Return ``source`` (bytes, path or PIL image) as an upright RGB image (or ``mode`` "L": greyscale).
 
     Honours EXIF rotation, flattens transparency on white, converts any mode
     (CMYK, 16-bit, palette, ...) and reduces very large photos to ``max_side``.
     Checks the pixel count in the header before decoding (see the module's
     notes on memory). Raises :class:`ImageError` with a readable message for
-    anything that is not a usable image.
+    anything that is not a usable image. ``info["full_size"]`` of the result is
+    the photo's upright size before any reduction.
     """
+    return _load(source, max_side, mode)[0]
+
+
+def _load(source, max_side: int, mode: str, detail_side: int | None = None) -> tuple[Image.Image, Image.Image | None]:
+    """:func:`load_image`, and a greyscale copy up to ``detail_side`` from the same decoding when the photo is
+    larger than ``max_side`` and not a JPEG (None otherwise)."""
+    detail = None
     opened = not isinstance(source, Image.Image)
     full = _open(source) if opened else source
     try:
         _check_size(full)
         try:
             full.seek(0)  # first frame of animations
-            if getattr(full, "format", None) in _DRAFT_FORMATS and max(full.size) > max_side:
-                full.draft("RGB", _fitted(full.size, max_side))  # libjpeg decodes at 1/2, 1/4 or 1/8 size
+            full_size = full.size
+            if getattr(full, "format", None) in _DRAFT_FORMATS and (max(full.size) > max_side or mode != "RGB"):
+                # libjpeg decodes at 1/2, 1/4 or 1/8 size, and greyscale without the colour planes
+                full.draft(mode, _fitted(full.size, min(max_side, max(full.size))))
             pixels = _decoded(full)
             orientation = full.getexif().get(0x0112, 1)
-            image = _reduced_rgb(pixels, max_side)
+            image = _reduced_rgb(pixels, max_side) if mode == "RGB" else _reduced_rgb(pixels, max_side, mode)
+            if detail_side and max(full_size) > max_side and getattr(full, "format", None) not in _DRAFT_FORMATS:
+                detail = _reduced_rgb(pixels, detail_side, "L")
             del pixels
             if image is not full and opened:
                 _release(full)
             if orientation in _UPRIGHT:
                 image = image.transpose(_UPRIGHT[orientation])  # on the reduced photo: cheap
+                detail = detail.transpose(_UPRIGHT[orientation]) if detail is not None else None
+                if _UPRIGHT[orientation] in (Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE,
+                                             Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270):
+                    full_size = full_size[::-1]
         except (OSError, SyntaxError, ValueError, EOFError) as err:
             raise ImageError(f"The image could not be decoded (the file may be truncated or damaged): {err}") from None
         if image is full and opened:
             image = full._new(full.im)  # same pixels, without the file object (and the upload's bytes) behind it
-        return image
+        if image is not full:
+            image.info["full_size"] = full_size
+        return image, detail
     finally:
         if opened:
             _release(full)
@@ -227,8 +258,8 @@ def _fitted(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
-def _reduced_rgb(pixels, max_side: int) -> Image.Image:
-    """``pixels`` (a Pillow image or a decoded ``HeifImage``) as RGB with its long side at most ``max_side``.
+def _reduced_rgb(pixels, max_side: int, mode: str = "RGB") -> Image.Image:
+    """``pixels`` (a Pillow image or a decoded ``HeifImage``) as RGB (or ``mode`` "L") with its long side at most ``max_side``.
 
     Converted and LANCZOS-resized BAND_ROWS output rows at a time, each band
     read with its filter's support around it, so the result is one resize's
@@ -238,17 +269,19 @@ def _reduced_rgb(pixels, max_side: int) -> Image.Image:
     width, height = pixels.size
     size = _fitted(pixels.size, max_side) if max(pixels.size) > max_side else pixels.size
     is_pillow = isinstance(pixels, Image.Image)
-    if is_pillow and size == pixels.size and pixels.mode == "RGB":
+    if is_pillow and size == pixels.size and pixels.mode == mode:
         return pixels
     stretch = _stretch(pixels) if is_pillow else None
     scale_y = height / size[1]
     margin = math.ceil(3 * scale_y) + 2 if size != pixels.size else 0  # LANCZOS reads 3 output pixels either side
-    out = Image.new("RGB", size)
+    out = Image.new(mode, size)
     for top in range(0, size[1], BAND_ROWS):
         bottom = min(size[1], top + BAND_ROWS)
         first = max(0, math.floor(top * scale_y) - margin)
         last = min(height, math.ceil(bottom * scale_y) + margin)
         band = _to_rgb(_rows(pixels, first, last), stretch)
+        if mode != "RGB":
+            band = band.convert(mode)
         if size != pixels.size:
             box = (0, top * scale_y - first, width, bottom * scale_y - first)
             band = band.resize((size[0], bottom - top), Image.LANCZOS, box=box)

@@ -8,8 +8,13 @@ import numpy as np
 from PIL import Image
 
 from . import faces
-from .images import ImageError, load_image
+from .images import ImageError, load_image, load_photo
 from .runtime import INPUT_SIZE, ExportedModel, crops_to_array, default_model_path, probabilities
+
+#: photos reduced for work (smilekit.images.WORK_MAX_SIDE) are also read in greyscale up to this long side, to
+#: find and cut small faces (a 40-px face in a 4,000-px photo is 20 px at 2,048, below Haar's 24-px window);
+#: the group search works at 2/3 of the full size (faces.GROUP_MIN_FACE), so more would only cost memory
+DETAIL_MAX_SIDE = 3072
 
 
 @dataclass
@@ -84,13 +89,19 @@ class Predictor:
         found, or for ready-made face crops). Raises :class:`smilekit.images.ImageError`
         for files that are not usable images.
         """
-        image = load_image(source)
-        gray = image.convert("L")
         if whole_image:
+            image, detail = load_image(source), None
+            gray = image.convert("L")
             boxes, detected = [faces.face_in_crop(gray)], False
         else:
-            boxes, detected = faces.detect_faces(gray), True
-        crops = [faces.model_crop(gray, box, INPUT_SIZE) for box in boxes]
+            # photos reduced for work also come as a greyscale copy at up to DETAIL_MAX_SIDE: small faces are
+            # found and cut there
+            image, detail = load_photo(source, detail_side=DETAIL_MAX_SIDE)
+            gray = image.convert("L")
+            detail = None if detail is None else np.asarray(detail)  # one copy of its pixels, not two
+            boxes, detected = faces.detect_faces(gray, detail), True
+        crops = [faces.face_crop(gray, detail, box, INPUT_SIZE) for box in boxes]
+        del detail
         probs = self.predict_proba(crops) if crops else []
         found = [FacePrediction(i, b, float(p), c, detected) for i, (b, p, c) in enumerate(zip(boxes, probs, crops))]
         return PhotoPrediction(image, found, self.version)

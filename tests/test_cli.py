@@ -39,6 +39,19 @@ def test_predict_json_one_object_per_photo_with_errors_inline(model_path, celeba
     assert set(face) == {"box", "smiling", "probability"} and 0 <= face["probability"] <= 1
     assert face["smiling"] == (face["probability"] >= 0.5)
     assert "not an image" in lines[2]["error"] and "cannot read" in lines[3]["error"]
+    for line in lines[:2]:  # the per-photo summary beside the faces
+        smiling = sum(f["smiling"] for f in line["faces"])
+        assert line["summary"] == {"faces": len(line["faces"]), "smiling": smiling, "everyone_smiling": smiling == len(line["faces"])}
+    assert "summary" not in lines[2] and "summary" not in lines[3]
+
+
+def test_summary_counts_smiles_and_says_when_everyone_smiles():
+    from types import SimpleNamespace as Face
+
+    assert cli.summary([Face(smiling=True), Face(smiling=False), Face(smiling=True)]) == {
+        "faces": 3, "smiling": 2, "everyone_smiling": False}
+    assert cli.summary([Face(smiling=True)] * 2) == {"faces": 2, "smiling": 2, "everyone_smiling": True}
+    assert cli.summary([]) == {"faces": 0, "smiling": 0, "everyone_smiling": False}
 
 
 def test_predict_readable_output(model_path, celeba_dir):

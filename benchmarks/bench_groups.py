@@ -1,0 +1,227 @@
+"""Group photos: are all the faces in a 12 MP photo found, and how long does it take?
+
+Builds scenes from the shared data's real faces: CelebA-subset test photos, and MTFL test photos for variety
+(80 x 80, so only where they need no more than 1.5x enlarging). Each face is first found in its own photo
+(faces not found there are not used); the region around it is pasted with a soft elliptical edge into a
+4,000 x 3,000 photo (gradients, blotchy textures, stripes, noise; colour tints) so its detector box is
+``--sizes`` pixels wide, at random positions on a jittered grid. Photos with no face count false boxes.
+Each scene is saved as a JPEG (quality 90) and goes through ``Predictor.predict`` on its bytes, the app's path.
+
+Reports per face width: recall, false boxes per photo, accuracy of the smiling answers on the faces found
+(their own labels) next to the same faces' accuracy in their own single-face photos, and time per photo;
+then false boxes on photos with no face and the time of a 1 MP one-face photo.
+
+    .venv/bin/python benchmarks/bench_groups.py [--root CHECKOUT] [--scenes 2] [--faces 30] [--empty 4]
+
+``--root`` imports ``smilekit`` from another checkout (e.g. a ``git worktree`` of an older commit).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("SMILEKIT_TEST_DATA", ROOT.parent / "shared" / "data"))
+SIZE = (4000, 3000)
+BACKGROUNDS = ("texture", "gradient", "stripes", "noise")
+
+
+def background(kind: str, rng: np.random.Generator, size=SIZE) -> np.ndarray:
+    """An RGB background (uint8, H x W x 3) of one kind."""
+    import cv2
+
+    w, h = size
+    x, y = np.linspace(0, 1, w, dtype=np.float32)[None], np.linspace(0, 1, h, dtype=np.float32)[:, None]
+    if kind == "gradient":
+        a, b = rng.uniform(-1, 1, 2)
+        base = 70 + 110 * ((a * x + b * y) - min(0, a) - min(0, b)) / (abs(a) + abs(b) + 1e-6)
+        base = base + rng.normal(0, 3, (h, w)).astype(np.float32)
+    elif kind == "texture":  # blotches at several scales, like foliage, walls or a crowd's clothes
+        base = np.zeros((h, w), np.float32)
+        for cell, amp in ((300, 70), (60, 35), (12, 18)):
+            small = rng.random((h // cell + 2, w // cell + 2)).astype(np.float32)
+            base += amp * cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+        base += 50
+    elif kind == "stripes":
+        angle, period = rng.uniform(0, np.pi), rng.uniform(30, 200)
+        base = 120 + 40 * np.sin(2 * np.pi * (np.cos(angle) * x * w + np.sin(angle) * y * h) / period) + 40 * x
+    else:  # noise: sensor-like on a flat tone
+        base = rng.uniform(60, 180) + rng.normal(0, 12, (h, w)).astype(np.float32)
+    tint = rng.uniform(0.75, 1.2, 3).astype(np.float32)
+    return np.clip(base[..., None] * tint, 0, 255).astype(np.uint8)
+
+
+def sources(faces_mod, predictor, limit: int) -> list[dict]:
+    """Test photos with one detected face: path, label, box in the photo, single-face probability."""
+    rows = []
+    with open(DATA / "celeba-subset" / "split.csv") as f:
+        rows += [("celeba", DATA / "celeba-subset" / r["path"], int(r["smiling"])) for r in csv.DictReader(f) if r["split"] == "test"]
+    with open(DATA / "mtfl" / "labels.csv") as f:
+        rows += [("mtfl", DATA / "mtfl" / r["path"], int(r["smiling"])) for r in csv.DictReader(f) if r["split"] == "test"]
+    rng = np.random.default_rng(1)
+    order = rng.permutation(len(rows))
+    from PIL import Image
+
+    out, per_set = [], {"celeba": 0, "mtfl": 0}
+    for i in order:
+        kind, path, smiling = rows[i]
+        if per_set[kind] >= (limit if kind == "celeba" else limit // 2):
+            continue
+        photo = Image.open(path).convert("RGB")
+        result = predictor.predict(photo)
+        if len(result.faces) != 1:
+            continue
+        face = result.faces[0]
+        out.append({"kind": kind, "photo": photo, "smiling": smiling, "box": face.box, "single": face.smiling})
+        per_set[kind] += 1
+    return out
+
+
+def paste(canvas: np.ndarray, src: dict, width: int, cx: float, cy: float):
+    """Paste ``src``'s face so its box is ``width`` px wide, centred at (cx, cy); returns the true box."""
+    import cv2
+
+    box = src["box"]
+    scale = width / box.w
+    photo = np.asarray(src["photo"])
+    bcx, bcy = box.x + box.w / 2, box.y + box.h / 2
+    half = 0.95 * box.w  # the region pasted: the face and some hair and background
+    x0, y0 = max(0, int(bcx - half)), max(0, int(bcy - half))
+    x1, y1 = min(photo.shape[1], int(bcx + half)), min(photo.shape[0], int(bcy + half))
+    region = photo[y0:y1, x0:x1]
+    rw, rh = max(1, round(region.shape[1] * scale)), max(1, round(region.shape[0] * scale))
+    region = cv2.resize(region, (rw, rh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    yy, xx = np.mgrid[0:rh, 0:rw].astype(np.float32)
+    ellipse = ((xx - rw / 2) / (rw / 2)) ** 2 + ((yy - rh / 2) / (rh / 2)) ** 2
+    alpha = np.clip((1.0 - ellipse) / 0.25, 0, 1)[..., None]  # soft edge
+    left, top = int(round(cx - (bcx - x0) * scale)), int(round(cy - (bcy - y0) * scale))
+    if left < 0 or top < 0 or left + rw > canvas.shape[1] or top + rh > canvas.shape[0]:
+        return None
+    target = canvas[top : top + rh, left : left + rw].astype(np.float32)
+    canvas[top : top + rh, left : left + rw] = (alpha * region + (1 - alpha) * target).astype(np.uint8)
+    return (cx - width / 2, cy - width / 2, width)
+
+
+def scene(rng, srcs: list[dict], width: int, n: int, kind: str):
+    """A 12 MP photo with up to ``n`` faces of ``width`` px; returns (JPEG bytes, [(true box, source)])."""
+    canvas = background(kind, rng)
+    cell = max(2.4 * width, 1.0)
+    cols, rows = int(SIZE[0] // cell), int(SIZE[1] // cell)
+    cells = rng.permutation(cols * rows)[:n]
+    usable = [s for s in srcs if s["kind"] == "celeba" or s["box"].w * 1.5 >= width]
+    truth = []
+    for c in cells:
+        src = usable[rng.integers(len(usable))]
+        cx = (c % cols + 0.5) * SIZE[0] / cols + rng.uniform(-0.3, 0.3) * cell
+        cy = (c // cols + 0.5) * SIZE[1] / rows + rng.uniform(-0.3, 0.3) * cell
+        box = paste(canvas, src, width, cx, cy)
+        if box is not None:
+            truth.append((box, src))
+    return jpeg(canvas), truth
+
+
+def jpeg(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def match(found, truth, factor: float):
+    """Greedy matching of found boxes (working-image pixels, times ``factor``) to true boxes."""
+    used, pairs = set(), []
+    for t, (box, src) in enumerate(truth):
+        tx, ty, tw = box
+        best = None
+        for i, face in enumerate(found):
+            if i in used:
+                continue
+            b = face.box.scaled(factor)
+            d = np.hypot(b.x + b.w / 2 - (tx + tw / 2), b.y + b.h / 2 - (ty + tw / 2))
+            if d < 0.4 * tw and 0.5 < b.w / tw < 2 and (best is None or d < best[0]):
+                best = (d, i)
+        if best:
+            used.add(best[1])
+            pairs.append((found[best[1]], src))
+    return pairs, len(found) - len(used)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=ROOT, help="checkout whose smilekit is measured")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[30, 40, 60, 100, 200], help="face widths (px)")
+    parser.add_argument("--scenes", type=int, default=2, help="scenes per face width")
+    parser.add_argument("--faces", type=int, default=30, help="faces per scene")
+    parser.add_argument("--empty", type=int, default=4, help="photos with no face")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(args.root.resolve()))
+    import cv2
+    from PIL import Image
+
+    from smilekit import faces as faces_mod
+    from smilekit.predict import Predictor
+    from smilekit.runtime import set_threads
+
+    set_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    predictor = Predictor()
+    srcs = sources(faces_mod, predictor, limit=150)
+    rng = np.random.default_rng(args.seed)
+    print(f"smilekit from {args.root.resolve()}; {len(srcs)} source faces "
+          f"({sum(s['kind'] == 'mtfl' for s in srcs)} MTFL); {SIZE[0]}x{SIZE[1]} JPEG scenes, {args.threads} threads\n")
+    print("| face width | faces | found | recall | false boxes / photo | accuracy found | same faces single | time / photo |")
+    print("|---|---|---|---|---|---|---|---|")
+    for width in args.sizes:
+        n = found = false = 0
+        right = right_single = 0
+        times = []
+        for k in range(args.scenes):
+            data, truth = scene(rng, srcs, width, args.faces, BACKGROUNDS[k % len(BACKGROUNDS)])
+            start = time.perf_counter()
+            result = predictor.predict(data)
+            times.append(time.perf_counter() - start)
+            pairs, extra = match(result.faces, truth, SIZE[0] / result.image.width)
+            n, found, false = n + len(truth), found + len(pairs), false + extra
+            right += sum(f.smiling == bool(s["smiling"]) for f, s in pairs)
+            right_single += sum(s["single"] == bool(s["smiling"]) for _, s in pairs)
+        acc = f"{right / found:.3f}" if found else "-"
+        single = f"{right_single / found:.3f}" if found else "-"
+        print(f"| {width} px | {n} | {found} | {found / n:.1%} | {false / args.scenes:.2f} | {acc} | {single} | "
+              f"{statistics.median(times):.2f} s |", flush=True)
+    false, times = [], []
+    for k in range(args.empty):
+        data = jpeg(background(BACKGROUNDS[k % len(BACKGROUNDS)], rng))
+        start = time.perf_counter()
+        result = predictor.predict(data)
+        times.append(time.perf_counter() - start)
+        false.append(len(result.faces))
+    print(f"\nno-face 12 MP photos: {args.empty}, false boxes {sum(false)} ({sum(false) / max(1, args.empty):.2f} a photo: "
+          f"{false}), median time {statistics.median(times):.2f} s")
+    # one face in a 1 MP photo (1155 x 866): the common upload
+    src = next(s for s in srcs if s["kind"] == "celeba")
+    canvas = background("gradient", rng, (1155, 866))
+    paste(canvas, src, 300, 577, 433)
+    data = jpeg(canvas)
+    times = []
+    for _ in range(7):
+        start = time.perf_counter()
+        result = predictor.predict(data)
+        times.append(time.perf_counter() - start)
+    print(f"1 MP one-face photo: {len(result.faces)} face(s), median {statistics.median(times) * 1000:.0f} ms "
+          f"(min {min(times) * 1000:.0f} ms) detect + classify")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

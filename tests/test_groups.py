@@ -1,0 +1,55 @@
+"""Group photos: every face of 40 to 200 px in a 12 MP photo is found, and none where there is no face."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import load_benchmark
+from smilekit import faces
+from smilekit.images import load_image
+from smilekit.predict import DETAIL_MAX_SIDE
+
+#: CelebA-subset photos (train split: any detected face will do) and the width each face gets in the group photo
+GROUP = ((0, 40), (1, 60), (4, 100), (5, 200), (7, 40), (8, 60), (9, 100), (10, 150), (12, 40), (13, 60), (14, 80), (15, 40))
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_benchmark("bench_groups")
+
+
+def detect(data: bytes) -> tuple[list[faces.Box], float]:
+    """Boxes as the app finds them (working image + greyscale detail), in the photo's full-size pixels."""
+    image = load_image(data)
+    boxes = faces.detect_faces(image.convert("L"), load_image(data, DETAIL_MAX_SIDE, mode="L"))
+    factor = image.info["full_size"][0] / image.width
+    return boxes, factor
+
+
+def test_every_face_of_40_to_200_px_in_a_12_mp_photo_is_found(celeba_dir, bench):
+    rng = np.random.default_rng(3)
+    canvas = bench.background("gradient", rng)
+    truth = []
+    for k, (n, width) in enumerate(GROUP):
+        photo = Image.open(celeba_dir / f"img/{n}.jpg").convert("RGB")
+        box = faces.detect_faces(photo)[0]
+        cx, cy = 400 + (k % 4) * 1000, 500 + (k // 4) * 1000  # faces near tile edges and far apart
+        truth.append(bench.paste(canvas, {"photo": photo, "box": box}, width, cx + 7 * k, cy - 5 * k))
+    boxes, factor = detect(bench.jpeg(canvas))
+    found = [b.scaled(factor) for b in boxes]
+    for tx, ty, tw in truth:
+        near = [b for b in found if abs(b.x + b.w / 2 - tx - tw / 2) < 0.4 * tw and abs(b.y + b.h / 2 - ty - tw / 2) < 0.4 * tw]
+        assert len(near) == 1 and 0.7 < near[0].w / tw < 1.4, (tw, near)
+    assert len(found) == len(truth)
+
+
+@pytest.mark.parametrize("kind", ["gradient", "noise", "stripes"])
+def test_no_face_in_a_12_mp_photo_without_faces(bench, kind):
+    boxes, _ = detect(bench.jpeg(bench.background(kind, np.random.default_rng(11))))
+    assert boxes == []
+
+
+def test_one_face_photos_up_to_1200_px_are_detected_as_before(celeba_dir):
+    """The group search runs only on photos above GROUP_SEARCH_MIN_SIDE: smaller photos get the chain alone."""
+    photo = Image.open(celeba_dir / "img/0.jpg").convert("L")
+    big = photo.resize((photo.width * 5, photo.height * 5))  # 890 x 1090
+    assert faces.detect_faces(big) == faces._chain(np.asarray(big))
