@@ -218,10 +218,11 @@ def _tiled_haar(gray: np.ndarray, max_side: int | None, cascade: cv2.CascadeClas
     return boxes
 
 
-def _group_candidates(source: np.ndarray) -> list[tuple[Box, int]]:
+def _group_candidates(source: np.ndarray, min_face: float = GROUP_MIN_FACE) -> list[tuple[Box, int]]:
     """Haar faces of at least GROUP_MIN_FACE pixels anywhere in ``source``, in its pixels (not yet confirmed),
-    each with its number of Haar detections (the cascade's neighbours)."""
-    scale = min(1.0, HAAR_WINDOW / GROUP_MIN_FACE)
+    each with its number of Haar detections (the cascade's neighbours). ``min_face``: GROUP_MIN_FACE in
+    ``source``'s pixels."""
+    scale = min(1.0, HAAR_WINDOW / min_face)
     levels = [(_resized(source, scale), scale)]
     while max(levels[-1][0].shape) > GROUP_TILE + GROUP_LEVEL_MAX_FACE + 8:
         levels.append((_resized(levels[-1][0], 0.5), levels[-1][1] * 0.5))
@@ -275,14 +276,14 @@ def _confirmed(source: np.ndarray, box: Box) -> Box | None:
 GROUP_TRIES = 3
 
 
-def _group_faces(source: np.ndarray) -> list[Box]:
+def _group_faces(source: np.ndarray, min_face: float) -> list[Box]:
     """Confirmed faces of the group search, in ``source``'s pixels.
 
     Overlapping candidates are one face: tried most Haar detections first (a lenient cascade also puts
     boxes twice too large around a small face), and the confirming detector's box is kept.
     """
     clusters: list[list[tuple[Box, int]]] = []
-    for box, votes in sorted(_group_candidates(source), key=lambda c: -c[1]):
+    for box, votes in sorted(_group_candidates(source, min_face), key=lambda c: -c[1]):
         for cluster in clusters:
             if _overlaps(box, cluster[0][0]):
                 cluster.append((box, votes))
@@ -308,13 +309,15 @@ def _overlaps(a: Box, b: Box) -> bool:
     return inside(a, b) or inside(b, a)
 
 
-def detect_faces(image: Image.Image, detail: Image.Image | np.ndarray | None = None) -> list[Box]:
+def detect_faces(image: Image.Image, detail: Image.Image | np.ndarray | None = None, full_side: int | None = None) -> list[Box]:
     """Return every face box in ``image`` (any mode), left to right, in ``image``'s pixels.
 
     Tries Haar, Haar on a padded photo (faces touching the border), dlib HOG, then
     the lenient last resorts, on a copy reduced to DETECT_MAX_SIDE. Photos larger than
     GROUP_SEARCH_MIN_SIDE are also searched for smaller faces (see the module's notes), in
     ``detail`` when given: the same photo at a higher resolution (any mode, or a greyscale array).
+    ``full_side``: the photo's long side at full size, if ``detail`` is reduced (GROUP_MIN_FACE is in
+    full-size pixels).
     """
     gray = np.asarray(image if image.mode == "L" else image.convert("L"))
     if detail is None or isinstance(detail, np.ndarray):
@@ -324,7 +327,7 @@ def detect_faces(image: Image.Image, detail: Image.Image | np.ndarray | None = N
     if max(source.shape) <= GROUP_SEARCH_MIN_SIDE:
         return sorted(_chain(gray), key=lambda b: (b.x, b.y))
     factor = source.shape[1] / gray.shape[1]
-    group = _group_faces(source)
+    group = _group_faces(source, GROUP_MIN_FACE * min(1.0, max(source.shape) / (full_side or max(source.shape))))
     # the lenient last resorts look for one large face: only when nothing else is found
     boxes = _chain(gray, last_resort=not group)
     chain = [b.scaled(factor) for b in boxes]

@@ -20,7 +20,7 @@ def bench():
 def detect(data: bytes) -> tuple[list[faces.Box], float]:
     """Boxes as the app finds them (working image + greyscale detail), in the photo's full-size pixels."""
     image = load_image(data)
-    boxes = faces.detect_faces(image.convert("L"), load_image(data, DETAIL_MAX_SIDE, mode="L"))
+    boxes = faces.detect_faces(image.convert("L"), load_image(data, DETAIL_MAX_SIDE, mode="L"), max(image.info["full_size"]))
     factor = image.info["full_size"][0] / image.width
     return boxes, factor
 
