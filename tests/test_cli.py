@@ -9,7 +9,7 @@ from PIL import Image
 
 from smilekit import cli
 
-from test_faces import collage
+from conftest import make_collage
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def run_cli(*args):
 
 def test_predict_json_one_object_per_photo_with_errors_inline(model_path, celeba_dir, tmp_path):
     group = tmp_path / "group.jpg"
-    collage([celeba_dir / f"img/{n}.jpg" for n in (0, 1, 4, 5)]).save(group)
+    group.write_bytes(make_collage(celeba_dir))  # four faces
     bad = tmp_path / "notes.jpg"
     bad.write_text("this is not a photo")
     result = run_cli("predict", celeba_dir / "img/0.jpg", group, bad, tmp_path / "missing.png", "--json")
