@@ -422,10 +422,10 @@ class SmileApp:
         if self.crops_to_forget:
             self._forget_crops()
         for (photo_idx, face_idx), correct in list(self.unsaved.items()):
-            if self.photos[photo_idx].cards:  # still on the page
-                self._save_verdict(photo_idx, face_idx, correct)
-            else:
+            if not self.photos[photo_idx].cards:  # no longer on the page
                 self.unsaved.pop((photo_idx, face_idx))
+            elif self._save_verdict(photo_idx, face_idx, correct) is None:
+                break  # still busy: the others wait for the next click instead of each waiting out the deadline
 
     def set_consent(self, consent: bool) -> None:
         """Tick: crops are kept with the next verdicts. Untick: this session's kept crops are deleted."""
@@ -514,10 +514,7 @@ def _close_tree(widget: widgets.Widget) -> None:
 
 def _small_copy(image, side: int):
     """``image`` reduced to at most ``side`` pixels on its long side (a copy; the original may be freed)."""
-    scale = side / max(image.size)
-    if scale >= 1:
-        return image.copy()
-    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
+    return image.resize(images.fitted_size(image.size, side), Image.BILINEAR) if max(image.size) > side else image.copy()
 
 
 def _return_freed_memory() -> None:

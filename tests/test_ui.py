@@ -556,3 +556,23 @@ def test_few_faces_keep_the_larger_cards(app, collage_jpeg):
     assert "4 faces found: " in app.photos[0].panel.children[0].value
     thumb = Image.open(io.BytesIO(app.photos[0].cards[0].picture.value))
     assert thumb.size == (render.THUMB_SIDE, render.THUMB_SIDE)
+
+
+def test_kept_verdicts_are_not_each_retried_while_the_database_stays_busy(app, store, collage_jpeg, monkeypatch):
+    from smilekit.feedback import DatabaseBusy
+
+    app.handle_upload([("group.jpg", collage_jpeg)])
+    attempts = []
+
+    def busy(**kwargs):
+        attempts.append(kwargs["face_index"])
+        raise DatabaseBusy("The feedback database is busy; your verdict was not saved yet.")
+
+    monkeypatch.setattr(store, "record", busy)
+    for face in range(3):
+        app.give_feedback(0, face, True)
+    assert len(app.unsaved) == 3
+    attempts.clear()
+    app.give_feedback(0, 3, True)
+    assert len(attempts) == 2  # the first kept one, found still busy, then this click: not every kept one
+    assert len(app.unsaved) == 4
