@@ -126,7 +126,7 @@ def _load(source, max_side: int, mode: str, detail_side: int | None = None) -> t
             full_size = full.size
             if getattr(full, "format", None) in _DRAFT_FORMATS and (max(full.size) > max_side or mode != "RGB"):
                 # libjpeg decodes at 1/2, 1/4 or 1/8 size, and greyscale without the colour planes
-                full.draft(mode, _fitted(full.size, min(max_side, max(full.size))))
+                full.draft(mode, fitted_size(full.size, min(max_side, max(full.size))))
             pixels = _decoded(full)
             orientation = full.getexif().get(0x0112, 1)
             image = _reduced_rgb(pixels, max_side) if mode == "RGB" else _reduced_rgb(pixels, max_side, mode)
@@ -252,7 +252,7 @@ def _human(fmt: str) -> str:
     return {"HEIF": "HEIC", "WEBP": "WebP"}.get(fmt, fmt)
 
 
-def _fitted(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+def fitted_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     """``size`` scaled so its long side is ``max_side`` (aspect ratio kept)."""
     scale = max_side / max(size)
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
@@ -267,7 +267,7 @@ def _reduced_rgb(pixels, max_side: int, mode: str = "RGB") -> Image.Image:
     Pillow RGB image as it is when there is nothing to do.
     """
     width, height = pixels.size
-    size = _fitted(pixels.size, max_side) if max(pixels.size) > max_side else pixels.size
+    size = fitted_size(pixels.size, max_side) if max(pixels.size) > max_side else pixels.size
     is_pillow = isinstance(pixels, Image.Image)
     if is_pillow and size == pixels.size and pixels.mode == mode:
         return pixels
