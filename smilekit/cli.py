@@ -64,9 +64,11 @@ def cmd_train(args) -> int:
 
     config = TrainConfig(data_root=args.data_root, datasets=tuple(args.datasets), arch=args.arch, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, seed=args.seed, out=args.out, limit=args.limit,
-                         resume=args.resume, arch_kwargs={"width": args.width} if args.width else {})
+                         resume=args.resume, arch_kwargs={"width": args.width} if args.width else {}, device=args.device,
+                         source_balance=args.source_balance, draws_per_epoch=args.draws_per_epoch, threads=args.threads)
     report = train(config)  # a missing data folder is reported by main()
-    print(json.dumps({"version": report["version"], "test": report["test"]}, indent=2))
+    if "version" in report:  # under torchrun only the first worker reports
+        print(json.dumps({"version": report["version"], "test": report["test"]}, indent=2))
     return 0
 
 
@@ -89,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_evaluate)
 
     from .data import LOADERS
+    from .devices import DEVICES
     from .model import ARCHITECTURES
     from .train import TrainConfig
 
@@ -105,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="at most this many images per dataset and split")
     p.add_argument("--out", default=defaults.out)
     p.add_argument("--resume", action="store_true", help="continue from OUT's .last.pt")
+    p.add_argument("--device", default=defaults.device, choices=DEVICES, help="where to train (auto: a GPU if present)")
+    p.add_argument("--source-balance", default=defaults.source_balance, choices=("equal", "size"),
+                   help="each dataset's share of the draws: equal, or its share of the images")
+    p.add_argument("--draws-per-epoch", type=int, help="faces drawn per epoch (default: the training set's size)")
+    p.add_argument("--threads", type=int, default=defaults.threads, help="CPU threads per process")
     p.set_defaults(run=cmd_train)
     return parser
 

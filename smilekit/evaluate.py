@@ -18,7 +18,7 @@ from . import metrics
 from .model import center, load_checkpoint, logits_of
 from .runtime import probabilities
 
-TEST_DATASETS = ("smilesmiled", "celeba-subset")
+TEST_DATASETS = ("smilesmiled", "celeba-subset", "mtfl", "fer2013")
 
 
 @dataclass

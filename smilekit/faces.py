@@ -408,11 +408,12 @@ def whole_image_box(image: Image.Image) -> Box:
 CROP_BOX_IN_TIGHT_CROP = (-0.141, -0.258, 1.297)
 
 
-def face_in_crop(image: Image.Image) -> Box:
+def face_in_crop(image: Image.Image, fallback: tuple = CROP_BOX_IN_TIGHT_CROP) -> Box:
     """The face box of an image that is already a face crop (the face fills the frame).
 
-    Detects on the crop padded by half its side; if nothing is found, uses the
-    median geometry measured on SMILEsmileD. Like :func:`detect_faces`, large
+    Detects on the crop padded by half its side; if nothing is found, uses
+    ``fallback`` (x, y, side as fractions of the crop side; default: the median
+    geometry measured on SMILEsmileD). Like :func:`detect_faces`, large
     images are detected on a copy reduced to :data:`DETECT_MAX_SIDE`: the padding
     grows with the long side, and Haar on a padded 2048-pixel strip took ~500 MB.
     """
@@ -425,5 +426,5 @@ def face_in_crop(image: Image.Image) -> Box:
     if boxes:
         return max(boxes, key=lambda b: b.w).scaled(1 / scale)
     side = min(image.size)
-    fx, fy, fs = CROP_BOX_IN_TIGHT_CROP
+    fx, fy, fs = fallback
     return Box(int(round(fx * side)), int(round(fy * side)), int(round(fs * side)), int(round(fs * side)))

@@ -56,11 +56,26 @@ def summary(y_true, y_prob, threshold=0.5) -> dict:
             "balanced_accuracy": balanced_accuracy(y_true, y_prob, threshold), "roc_auc": roc_auc(y_true, y_prob)}
 
 
+def proportion_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (e.g. an accuracy on ``n`` faces)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    z = {0.9: 1.6449, 0.95: 1.96, 0.99: 2.5758}[level]
+    p = successes / n
+    centre, half = p + z * z / (2 * n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, float((centre - half) / (1 + z * z / n))), min(1.0, float((centre + half) / (1 + z * z / n)))
+
+
 def per_group_accuracy(y_true, y_prob, groups, threshold=0.5) -> dict:
-    """Accuracy and count for each value of ``groups`` (e.g. CelebA's ``male``)."""
+    """Accuracy, count and 95 % interval of the accuracy for each value of ``groups`` (e.g. CelebA's ``male``)."""
     y_true, y_prob, groups = np.asarray(y_true), np.asarray(y_prob), np.asarray(groups)
-    return {g.item() if hasattr(g, "item") else g: {"n": int((groups == g).sum()),
-            "accuracy": accuracy(y_true[groups == g], y_prob[groups == g], threshold)} for g in np.unique(groups)}
+    result = {}
+    for g in np.unique(groups):
+        mask = groups == g
+        right = int(((y_prob[mask] >= threshold) == y_true[mask].astype(bool)).sum())
+        result[g.item() if hasattr(g, "item") else g] = {"n": int(mask.sum()), "accuracy": right / int(mask.sum()),
+                                                           "interval": proportion_interval(right, int(mask.sum()))}
+    return result
 
 
 def reliability(y_true, y_prob, bins=10) -> dict:

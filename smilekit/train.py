@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from . import data as data_mod
 from . import metrics
+from .devices import Workers, pick_device
 from .evaluate import write_json
 from .model import build_model, center, load_checkpoint, logits_of, save_checkpoint
 from .runtime import INPUT_SIZE, probabilities
@@ -27,7 +28,9 @@ from .runtime import INPUT_SIZE, probabilities
 @dataclass
 class TrainConfig:
     data_root: str | None = None  # folder holding smilesmiled/, celeba-subset/ ... (default $SMILEKIT_DATA)
-    datasets: tuple = ("smilesmiled", "celeba-subset")
+    datasets: tuple = ("smilesmiled", "celeba-subset", "mtfl", "fer2013")
+    source_balance: str = "equal"  # each dataset's share of the draws: "equal", or "size" (its share of the images)
+    draws_per_epoch: int | None = None  # training faces drawn per epoch (default: as many as there are)
     arch: str = "smilenet"
     arch_kwargs: dict = field(default_factory=dict)  # e.g. {"width": 32}; defaults are the architecture's own
     epochs: int = 80
@@ -43,6 +46,7 @@ class TrainConfig:
     extra_train: list = field(default_factory=list)  # (uint8 context crops, labels) pairs, e.g. from feedback
     init_from: str | None = None  # start from this checkpoint's weights (fine-tuning)
     threads: int = 2
+    device: str = "cpu"  # cpu, cuda, mps or auto (the best present); torchrun workers share each epoch
 
 
 def seed_everything(seed: int) -> None:
@@ -99,20 +103,26 @@ def erase(x: torch.Tensor, generator: torch.Generator, share: float = 0.5) -> to
     return x
 
 
-def balanced_weights(labels: np.ndarray, sources: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+def balanced_weights(labels: np.ndarray, sources: np.ndarray, groups: np.ndarray | None = None,
+                     source_balance: str = "size") -> np.ndarray:
     """Sampling weights giving every (group, class) cell of a source an equal share of its draws.
 
-    Each source keeps its share of the draws; ``groups`` (e.g. CelebA's ``male``,
-    None where unknown) stops the model learning one group's smile rate as a prior.
+    Each source gets its share of the images (``source_balance="size"``) or an
+    equal share (``"equal"``: a large set such as FER2013 does not drown the
+    others); ``groups`` (e.g. CelebA's ``male``, None where unknown) stops the
+    model learning one group's smile rate as a prior.
     """
+    if source_balance not in ("size", "equal"):
+        raise ValueError(f"source_balance must be 'size' or 'equal', not {source_balance!r}")
     groups = np.array([None] * len(labels), dtype=object) if groups is None else np.asarray(groups, dtype=object)
     weights = np.zeros(len(labels))
     for source in np.unique(sources):
         in_source = sources == source
+        share = in_source.sum() if source_balance == "size" else len(labels) / len(np.unique(sources))
         cells = set(zip(groups[in_source], labels[in_source]))
         for group, label in cells:
             mask = in_source & (labels == label) & (groups == group)
-            weights[mask] = in_source.sum() / len(cells) / mask.sum()
+            weights[mask] = share / len(cells) / mask.sum()
     return weights / weights.sum()
 
 
@@ -157,6 +167,9 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     """Train, keep the best epoch, calibrate on validation, test, write the checkpoint; returns a report."""
     seed_everything(config.seed)
     torch.set_num_threads(config.threads)
+    device = pick_device(config.device)
+    workers = Workers(device)
+    progress = progress and workers.is_main
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     last_path = out.with_suffix(".last.pt")
@@ -172,7 +185,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     size = max(c.shape[-1] for c in crops)
     crops = np.concatenate([c if c.shape[-1] == size else _resize(c, size) for c in crops])
     crops_t, labels_t = torch.from_numpy(crops), torch.from_numpy(labels).float()
-    weights = torch.from_numpy(balanced_weights(labels, sources, groups))
+    weights = torch.from_numpy(balanced_weights(labels, sources, groups, config.source_balance))
 
     # model and optimiser
     if config.init_from:  # fine-tuning: the checkpoint's own architecture and weights
@@ -181,33 +194,37 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     else:
         model = build_model(config.arch, **config.arch_kwargs)
         arch, arch_kwargs = config.arch, getattr(model, "arch_kwargs", config.arch_kwargs)
-    averaged = build_model(arch, **arch_kwargs)  # holds the moving average for validation
+    averaged = build_model(arch, **arch_kwargs)  # holds the moving average for validation (on the CPU)
+    model.to(device)
+    network = workers.wrap(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = max(1, len(labels) // config.batch_size)
+    steps_per_epoch = max(1, (config.draws_per_epoch or len(labels)) // config.batch_size // workers.world)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.15)
     state = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "history": []}
     ema = WeightAverage(model, config.ema_decay)
     if config.resume and last_path.is_file():
         saved = torch.load(last_path, map_location="cpu", weights_only=False)
         model.load_state_dict(saved["model"])
-        ema.state, ema.updates = saved["ema"], saved["ema_updates"]
+        ema.state, ema.updates = {k: v.to(device) for k, v in saved["ema"].items()}, saved["ema_updates"]
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = saved["state"]
-    generator = torch.Generator().manual_seed(config.seed + state["epoch"])
+    generator = torch.Generator().manual_seed(config.seed + state["epoch"])  # the same draws on every worker
+    augment_generator = torch.Generator().manual_seed(config.seed + state["epoch"] + 7919 * (workers.rank + 1))
 
     # loop
     best_state = None
     for epoch in range(state["epoch"], config.epochs):
-        model.train()
+        network.train()
         started = time.time()
-        order = torch.multinomial(weights, steps_per_epoch * config.batch_size, replacement=True, generator=generator)
+        order = torch.multinomial(weights, steps_per_epoch * config.batch_size * workers.world, replacement=True, generator=generator)
+        order = order.view(-1, config.batch_size)[workers.rank :: workers.world]  # this worker's batches
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, mininterval=5)
         total_loss = total_right = 0.0
         for step in bar:
-            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-            x, y = augment(crops_t[idx], generator), labels_t[idx]
-            logits = model(x)
+            idx = order[step]
+            x, y = augment(crops_t[idx], augment_generator).to(device), labels_t[idx].to(device)
+            logits = network(x)
             loss = F.binary_cross_entropy_with_logits(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -217,6 +234,11 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
             total_loss += loss.item() * len(y)
             total_right += ((logits > 0).float() == y).sum().item()
             bar.set_postfix(loss=f"{total_loss / ((step + 1) * config.batch_size):.3f}", refresh=False)
+        state["epoch"] = epoch + 1
+        if not workers.is_main:  # the main worker validates and keeps the files
+            if workers.share(False):
+                break
+            continue
         seen = steps_per_epoch * config.batch_size
         averaged.load_state_dict(ema.state)
         val, _ = evaluate_sets(averaged, val_sets)
@@ -226,22 +248,25 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
         if progress:
             print(f"epoch {epoch + 1}: loss {total_loss / seen:.4f}, val balanced accuracy {score:.4f} "
                   + " ".join(f"{k}={v['accuracy']:.4f}" for k, v in val.items()), flush=True)
-        state["epoch"] = epoch + 1
         if score > state["best_score"]:
             state["best_score"], state["best_epoch"] = score, epoch + 1
-            best_state = {k: v.clone() for k, v in ema.state.items()}
+            best_state = {k: v.detach().cpu().clone() for k, v in ema.state.items()}
             torch.save({"model": best_state}, out.with_suffix(".best.pt"))
         torch.save({"model": model.state_dict(), "ema": ema.state, "ema_updates": ema.updates, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "state": state}, last_path)
-        if epoch + 1 - state["best_epoch"] >= config.patience:
-            if progress:
-                print(f"early stop: no better validation score since epoch {state['best_epoch']}")
+        stop = epoch + 1 - state["best_epoch"] >= config.patience
+        if progress and stop:
+            print(f"early stop: no better validation score since epoch {state['best_epoch']}")
+        if workers.share(stop):
             break
+    workers.close()
+    if not workers.is_main:
+        return {"worker": workers.rank}
 
     # best weights, calibration on validation, test figures, checkpoint
     if best_state is None:
         best_state = torch.load(out.with_suffix(".best.pt"), map_location="cpu", weights_only=True)["model"]
-    model.load_state_dict(best_state)
+    model.cpu().load_state_dict(best_state)
     _, val_logits = evaluate_sets(model, val_sets)
     temperature = metrics.fit_temperature(np.concatenate(list(val_logits.values())),
                                           np.concatenate([l for _, l, _ in val_sets.values()]))

@@ -22,6 +22,28 @@ def test_celeba_subset_has_groups(celeba_dir):
     assert not samples[0].is_crop
 
 
+@pytest.mark.parametrize("name, counts, smiling_in_test", [
+    ("mtfl", {"train": 4787, "val": 518, "test": 528}, 299),
+    ("fer2013", {"train": 28273, "val": 3533, "test": 3534}, 879),
+])
+def test_in_the_wild_sets_load_with_their_splits(shared_data, name, counts, smiling_in_test):
+    if not (shared_data / name).is_dir():
+        pytest.skip(f"{shared_data / name} is absent (see data/README.md)")
+    samples = data.load_dataset(name, shared_data)
+    assert {split: len(data.select(samples, split)) for split in counts} == counts
+    assert sum(s.smiling for s in data.select(samples, "test")) == smiling_in_test
+    assert all(s.is_crop and s.dataset == name and s.path.is_file() for s in samples[:50])
+    if name == "mtfl":  # head pose and sex come with MTFL
+        assert {s.pose for s in samples} == {1, 2, 3, 4, 5} and {s.male for s in samples} == {0, 1}
+
+
+def test_a_crop_without_a_detected_face_uses_its_datasets_geometry():
+    blank = Image.new("L", (80, 80), 128)  # nothing to detect: the fallback geometry decides the box
+    boxes = {name: data.face_box(data.Sample("x.jpg", 0, "test", name, True), blank)[0] for name in ("smilesmiled", "mtfl")}
+    assert boxes["mtfl"].w == round(data.CROP_GEOMETRY["mtfl"][2] * 80)  # MTFL crops are looser: a smaller face
+    assert boxes["smilesmiled"].w > 80 > boxes["mtfl"].w
+
+
 def test_data_root_from_environment(shared_data, monkeypatch):
     monkeypatch.setenv("SMILEKIT_DATA", str(shared_data))
     assert len(data.load_dataset("celeba-subset")) == 5000

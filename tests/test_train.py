@@ -53,6 +53,21 @@ def test_balanced_weights_give_each_group_and_class_cell_an_equal_share():
     assert w[sources == "b"].sum() == pytest.approx(2 / 11) and w[9] == pytest.approx(w[10])
 
 
+def test_equal_source_balance_gives_a_small_set_as_many_draws_as_a_large_one():
+    labels = np.array([1, 0] * 50 + [1, 0, 0, 0] * 225)  # 100 faces in "small", 900 in "large"
+    sources = np.array(["small"] * 100 + ["large"] * 900)
+    by_size, equal = balanced_weights(labels, sources), balanced_weights(labels, sources, source_balance="equal")
+    assert w_sum(by_size, sources == "small") == pytest.approx(0.1) and w_sum(equal, sources == "small") == pytest.approx(0.5)
+    for label in (0, 1):  # classes stay balanced inside each source
+        assert w_sum(equal, (sources == "large") & (labels == label)) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="source_balance"):
+        balanced_weights(labels, sources, source_balance="sqrt")
+
+
+def w_sum(weights, mask) -> float:
+    return float(weights[mask].sum())
+
+
 def test_weight_average_follows_the_model_smoothly():
     net = torch.nn.Linear(2, 1)
     average = WeightAverage(net, decay=0.9)
@@ -81,7 +96,7 @@ def test_one_epoch_smoke_run_writes_a_usable_checkpoint(smoke_run):
     config, report = smoke_run
     model, meta = load_checkpoint(config.out)
     assert meta["version"] == report["version"] and meta["arch"] == "smilenet"
-    assert set(report["test"]) == {"smilesmiled", "celeba-subset"}
+    assert set(report["test"]) == {"smilesmiled", "celeba-subset", "mtfl", "fer2013"}
     for figures in report["test"].values():
         assert figures["n"] == 150 and 0 <= figures["accuracy"] <= 1
     written = json.loads(open(config.out.replace(".pt", ".json")).read())
