@@ -170,6 +170,7 @@ def evaluate_photos(predictor, samples, progress: bool = False, prior: float | N
         groups = groups.astype(int)
         by_group = metrics.per_group_accuracy(y, p, groups)
         result["accuracy_by_male"] = {int(g): v["accuracy"] for g, v in by_group.items()}
+        result["accuracy_by_male_interval"] = {int(g): v["interval"] for g, v in by_group.items()}
         if len(by_group) == 2:
             result["male_gap_interval"] = metrics.group_gap_interval(y, p, groups)
     return result
