@@ -6,17 +6,22 @@ validated offline against Kubernetes' schemas (kubernetes-validate); nginx itsel
 """
 from __future__ import annotations
 
+import http.server
 import importlib.util
+import json
 import re
 import shutil
 import subprocess
+import threading
+import time
+import urllib.request
 from importlib.machinery import SourceFileLoader
 from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 
 yaml = pytest.importorskip("yaml")
 
@@ -152,3 +157,68 @@ def test_kubernetes_manifests_hold_the_essentials():
     assert int(notes["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend == {"name": service["metadata"]["name"], "port": {"name": service["spec"]["ports"][0]["name"]}}
+
+
+def test_nginx_keeps_each_visitor_on_one_replica_and_passes_websocket_upgrades(tmp_path):
+    """The rendered configuration in front of two plain HTTP servers that answer with their name and what they got."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).is_file():
+        pytest.skip("nginx is not installed (apt-get install nginx; scripts/setup --test does it)")
+
+    class Echo(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"replica": self.server.server_port, "upgrade": self.headers.get("Upgrade"),
+                               "connection": self.headers.get("Connection"), "host": self.headers.get("Host")}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    backends = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo) for _ in range(2)]
+    for backend in backends:
+        threading.Thread(target=backend.serve_forever, daemon=True).start()
+    script, port = serve_replicas(), free_port()
+    site = tmp_path / "smilekit.conf"
+    site.write_text(script.render_site(f"127.0.0.1:{port}", [f"127.0.0.1:{b.server_port}" for b in backends]))
+    (tmp_path / "nginx.conf").write_text(script.MAIN_CONF.format(prefix=tmp_path, site=site))
+    proc = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-e", str(tmp_path / "error.log")])
+
+    def get(cookie: str | None = None, **headers) -> tuple[dict, str | None]:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/kernels/x/channels", headers=headers)
+        if cookie:
+            request.add_header("Cookie", f"smilekit_replica={cookie}")
+        with urllib.request.urlopen(request, timeout=5) as response:
+            set_cookie = response.headers.get("Set-Cookie")
+            return json.loads(response.read()), set_cookie
+
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                get()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "error.log").read_text()
+                time.sleep(0.2)
+        placed = {}
+        for _ in range(40):  # new visitors: each gets a cookie, and both replicas get visitors
+            answer, set_cookie = get()
+            cookie = re.fullmatch(r"smilekit_replica=([0-9a-f]{32}); Path=/; HttpOnly; SameSite=Lax", set_cookie).group(1)
+            placed[cookie] = answer["replica"]
+        assert set(placed.values()) == {b.server_port for b in backends}
+        for cookie, replica in list(placed.items())[:10]:  # a returning visitor always reaches the same replica
+            for _ in range(3):
+                answer, set_cookie = get(cookie, Upgrade="websocket", Connection="Upgrade")
+                assert answer["replica"] == replica and set_cookie is None
+                assert (answer["upgrade"], answer["connection"]) == ("websocket", "upgrade")
+                assert answer["host"] == f"127.0.0.1:{port}"  # with its port: Jupyter compares it with the Origin
+        _, set_cookie = get("not-a-key")  # a cookie that nginx did not give is replaced
+        assert set_cookie.startswith("smilekit_replica=")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        for backend in backends:
+            backend.shutdown()
