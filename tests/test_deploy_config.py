@@ -2,7 +2,8 @@
 
 No container engine or cluster here: docker-compose.yml's scaled profile and deploy/kubernetes/ are parsed and
 checked against deploy/nginx.conf.template, scripts/serve-replicas and the Dockerfile; the manifests are
-validated offline against Kubernetes' schemas (kubernetes-validate); nginx itself checks the rendered template.
+validated offline against Kubernetes' schemas (kubernetes-validate) and the compose file against the
+Compose specification (check-jsonschema); nginx itself checks the rendered template.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -78,6 +80,17 @@ def test_nginx_accepts_the_rendered_configuration(tmp_path):
     result = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-e", str(tmp_path / "error.log")],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_compose_file_follows_the_compose_specification(tmp_path):
+    pytest.importorskip("check_jsonschema")
+    check = [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec"]  # the schema ships in the package
+    result = subprocess.run([*check, str(ROOT / "docker-compose.yml")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    broken = compose()
+    broken["services"]["proxy"]["depends_on"] = 5
+    (tmp_path / "broken.yml").write_text(yaml.safe_dump(broken))
+    assert subprocess.run([*check, str(tmp_path / "broken.yml")], capture_output=True).returncode != 0
 
 
 def test_compose_scaled_profile_matches_deploy():
