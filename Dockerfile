@@ -17,7 +17,8 @@ USER smilekit
 COPY --chown=smilekit pyproject.toml README.md ./
 COPY --chown=smilekit smilekit ./smilekit
 COPY --chown=smilekit scripts ./scripts
-RUN scripts/setup
+# with the PostgreSQL driver: replicas share one PostgreSQL (docker-compose.yml, profile scaled; deploy/kubernetes)
+RUN scripts/setup && .venv/bin/python -m pip install -q -e ".[postgres]"
 
 COPY --chown=smilekit voila.json ./
 # the page's Voilà template (scripts/serve finds it through JUPYTER_PATH)

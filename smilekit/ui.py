@@ -27,7 +27,7 @@ from . import images, render, settings
 from .feedback import DatabaseBusy, FeedbackStore, FeedbackWriteError, photo_hash
 from .images import ImageError
 from .predict import FacePrediction, PhotoPrediction, Predictor
-from .runtime import set_threads
+from .runtime import default_model_path, set_threads
 
 #: the app's own limit per photo (phone photos are 2-12 MB)
 MAX_FILE_BYTES = 25 * 1024 * 1024
@@ -178,6 +178,7 @@ class SmileApp:
         self.consent = False
         self.show_saliency = False
         self._build()
+        self.follows_promotions = predictor is None  # a model given by the caller stays; the default one follows promotions
         self.predictor = predictor or self._guarded(Predictor, "No smile model could be loaded, so photos cannot be checked.")
         self.store = store or self._guarded(FeedbackStore, "The feedback database is not reachable; verdicts cannot be saved.")
         self.upload.disabled = self.predictor is None
@@ -320,6 +321,7 @@ class SmileApp:
             self.show_error(f"{len(files)} photos were sent at once; the first {MAX_FILES_PER_UPLOAD} were checked. "
                             "Please upload the others separately.")
             files = files[:MAX_FILES_PER_UPLOAD]
+        self.use_current_model()
         added = []
         for number, (name, data) in enumerate(files, start=1):
             self.busy.value = f"<span class='smilekit-note'>Checking photo {number} of {len(files)}…</span>"
@@ -336,6 +338,28 @@ class SmileApp:
         self.busy.value = ""
         self.refresh_metrics()  # other sessions' feedback since the last look
         return added
+
+    def use_current_model(self) -> bool:
+        """Switch to the model in force if another was promoted since this one was loaded; True if it switched.
+
+        Every replica reads the same models folder, so a promotion reaches each running kernel (preheated
+        ones included) at its next upload. Feedback keeps the version of the model that labelled each photo.
+        """
+        if not self.follows_promotions:
+            return False
+        current = default_model_path()
+        if self.predictor is not None and current == self.predictor.model_path:
+            return False
+        try:
+            predictor = Predictor(current)
+        except Exception:  # noqa: BLE001 - a half-copied or broken file: keep serving the model we have
+            log.exception("could not load the promoted model %s; keeping %s", current,
+                          self.predictor.model_path if self.predictor else "none")
+            return False
+        log.info("model %s (%s) now labels this session's photos", predictor.version, current)
+        self.predictor = predictor
+        self.upload.disabled = False
+        return True
 
     def _add_photo(self, name: str, data: bytes) -> int:
         if self.predictor is None:
