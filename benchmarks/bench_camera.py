@@ -8,6 +8,8 @@ Targets: >= 8 updates/s, <= 250 ms delay, <= 1 core, shutter within 0.5 s.
 
     .venv/bin/python benchmarks/bench_camera.py [--model PATH] [--seconds 10] [--shots 3]
 
+Writes its figures to outputs/metrics/bench_camera.json too. benchmarks/bench_app.py prints them with the app's.
+
 The browser tests (tests/test_camera_browser.py) build their fake camera with the helpers here.
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import os
 import statistics
 import sys
@@ -224,9 +227,15 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="smilekit-camera-bench-") as tmp:
         rows = camera_rows(args.model, args.seconds, args.shots, Path(tmp))
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"\n{psutil.cpu_count()} CPUs, load average {load}; server, kernel and headless Chromium on the same machine")
+    conditions = (f"{psutil.cpu_count()} CPUs, load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}; "
+                  "server, kernel and headless Chromium on the same machine")
+    print(f"\n{conditions}")
     print_rows(rows)
+    out = ROOT / "outputs" / "metrics" / "bench_camera.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "conditions": conditions,
+                               "rows": [{"measure": n, "value": round(v, 3), "unit": u, "target": t, "lower_is_better": lower}
+                                        for n, v, u, t, lower in rows]}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

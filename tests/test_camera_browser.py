@@ -42,7 +42,7 @@ def camera_page(browser, server, fake_camera):
     chromium.close()
 
 
-def test_meter_follows_the_video(camera_page):
+def test_meter_follows_the_video(camera_page, server):
     first = camera_page.locator(".smilekit-meter").first.get_attribute("data-frame")
     time.sleep(2 * 2 * bench.STRETCH_S + 1)  # the video's loop twice
     samples = [s for s in bench.trace(camera_page) if s["p"] is not None]
@@ -53,9 +53,11 @@ def test_meter_follows_the_video(camera_page):
     assert sum(p >= 0.5 for p in smiling) >= 0.8 * len(smiling) and sum(p < 0.5 for p in not_smiling) >= 0.8 * len(not_smiling)
     assert int(samples[-1]["frame"]) > int(first) + 10  # the meter keeps being updated
     assert camera_page.locator(".smilekit-meter").count() == 1  # one face, one meter
+    loaded = camera_page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
+    assert loaded and all(url.startswith((server.url, "data:", "blob:")) for url in loaded)  # no CDN, camera module included
 
 
-def test_shutter_fires_on_the_smile_and_feedback_is_stored_as_camera(camera_page, server):
+def test_shutter_fires_on_the_smile_and_feedback_is_stored_as_camera(camera_page, server, screenshots):
     bench.shutter_delay(camera_page)  # armed on the not-smiling stretch; waits for the picture
     fired = [s for s in bench.trace(camera_page) if s["fired"]]
     assert fired and fired[0]["smiling"]  # the first sample after the shutter fired still shows the smiling face
@@ -68,6 +70,7 @@ def test_shutter_fires_on_the_smile_and_feedback_is_stored_as_camera(camera_page
     assert panel.locator("a.smilekit-download").get_attribute("href").startswith("data:image/jpeg;base64,")
     card.locator(".smilekit-correct").click()
     card.filter(has_text="Saved: correct").wait_for()
+    camera_page.screenshot(path=str(screenshots / "app-camera-1280.png"), full_page=True)
     store = FeedbackStore(server.db_url)
     rows = store.rows()
     store.close()
