@@ -106,7 +106,7 @@ RECORDER_JS = """() => {
     const view = document.querySelector('.smilekit-camera-view');
     window.smilekitTrace.push({t: performance.now(), smiling: ctx.getImageData(0, 0, 1, 1).data[0] > 128,
       p: meter ? Number(meter.dataset.probability) : null, frame: meter ? Number(meter.dataset.frame) : null,
-      latency: meter ? Number(meter.dataset.latencyMs) : null, fired: view ? view.dataset.shutterFired || null : null,
+      latency: meter ? Number(meter.dataset.latencyMs) : null, fired: view ? view.dataset.shutterFired || null : null, sent: view ? Number(view.dataset.framesSent) : null,
       captures: document.querySelectorAll('.smilekit-capture').length});
   }, 25);
 }"""

@@ -112,6 +112,7 @@ function render({ model, el }) {
     const frame = { id: ++frameId, sentAt: performance.now() };
     inFlight = frame;
     lastSent = frame.sentAt;
+    el.dataset.framesSent = String(frame.id);
     small.toBlob(async (blob) => {
       if (!blob || inFlight !== frame) return;
       const buffer = await blob.arrayBuffer();

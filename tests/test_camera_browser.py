@@ -33,13 +33,20 @@ def launch(browser, extra_args: list[str]):
 
 
 @pytest.fixture(scope="module")
-def camera_page(browser, server, fake_camera):
-    """The app in a Chromium whose camera plays the fake video (allowed without asking), camera mode on."""
+def camera_browser(browser, fake_camera):
+    """A Chromium whose camera plays the fake video and is allowed without asking."""
     chromium = launch(browser, bench.fake_camera_args(fake_camera))
-    page = open_app(chromium, server, 1280)
+    yield chromium
+    chromium.close()
+
+
+@pytest.fixture(scope="module")
+def camera_page(camera_browser, server):
+    """The app on a desktop, camera mode on."""
+    page = open_app(camera_browser, server, 1280)
     bench.start_camera(page)
     yield page
-    chromium.close()
+    page.close()
 
 
 def test_meter_follows_the_video(camera_page, server):
@@ -52,6 +59,8 @@ def test_meter_follows_the_video(camera_page, server):
     assert smiling[len(smiling) // 2] > 0.8 and not_smiling[len(not_smiling) // 2] < 0.2
     assert sum(p >= 0.5 for p in smiling) >= 0.8 * len(smiling) and sum(p < 0.5 for p in not_smiling) >= 0.8 * len(not_smiling)
     assert int(samples[-1]["frame"]) > int(first) + 10  # the meter keeps being updated
+    # one frame at a time: the page never gets ahead of the kernel's answers
+    assert all(s["sent"] - s["frame"] <= 2 for s in samples), [(s["sent"], s["frame"]) for s in samples if s["sent"] - s["frame"] > 2]
     assert camera_page.locator(".smilekit-meter").count() == 1  # one face, one meter
     loaded = camera_page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
     assert loaded and all(url.startswith((server.url, "data:", "blob:")) for url in loaded)  # no CDN, camera module included
@@ -111,3 +120,19 @@ def test_no_camera_says_so(browser, server):
     assert "No camera was found" in message.inner_text()
     page.locator(".smilekit-upload").wait_for()  # uploading still works
     page.close()
+
+
+def test_phone_fits_and_switches_to_the_back_camera(camera_browser, server):
+    page = open_app(camera_browser, server, 390)
+    try:
+        bench.start_camera(page)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        assert page.locator(".smilekit-camera-view video").evaluate("v => v.classList.contains('smilekit-mirrored')")  # the front camera
+        page.click(".smilekit-flip")
+        page.wait_for_function("!document.querySelector('.smilekit-camera-view video').classList.contains('smilekit-mirrored')")
+        frame = int(page.wait_for_selector(".smilekit-meter").get_attribute("data-frame"))
+        page.wait_for_function(f"Number((document.querySelector('.smilekit-meter') || {{dataset: {{}}}}).dataset.frame) > {frame + 5}")
+        meter = page.locator(".smilekit-meter").bounding_box()
+        assert meter["x"] >= 0 and meter["x"] + meter["width"] <= 390
+    finally:
+        page.close()
