@@ -162,7 +162,7 @@ class CameraView:
         self.last_capture = -MIN_CAPTURE_INTERVAL_S
         self.camera = CameraWidget()
         self.camera.on_msg(self._on_msg)
-        self.shutter_choice = widgets.Dropdown(options=SHUTTER_CHOICES, value="off", layout=widgets.Layout(width="100%", max_width="420px"))
+        self.shutter_choice = widgets.Dropdown(options=SHUTTER_CHOICES, value="off", layout=widgets.Layout(width="auto", max_width="420px"))
         self.shutter_choice.add_class("smilekit-shutter")
         self.shutter_choice.observe(lambda change: self.set_shutter(change["new"]), names="value")
         note = widgets.HTML("<span class='smilekit-note'>Frames are checked in this page's kernel and never stored. "

@@ -122,7 +122,7 @@ def test_no_camera_says_so(browser, server):
     page.close()
 
 
-def test_phone_fits_and_switches_to_the_back_camera(camera_browser, server):
+def test_phone_fits_and_switches_to_the_back_camera(camera_browser, server, screenshots):
     page = open_app(camera_browser, server, 390)
     try:
         bench.start_camera(page)
@@ -134,5 +134,6 @@ def test_phone_fits_and_switches_to_the_back_camera(camera_browser, server):
         page.wait_for_function(f"Number((document.querySelector('.smilekit-meter') || {{dataset: {{}}}}).dataset.frame) > {frame + 5}")
         meter = page.locator(".smilekit-meter").bounding_box()
         assert meter["x"] >= 0 and meter["x"] + meter["width"] <= 390
+        page.screenshot(path=str(screenshots / "app-camera-390.png"))
     finally:
         page.close()
