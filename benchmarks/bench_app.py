@@ -2,9 +2,10 @@
 
 Starts the app as scripts/serve does (temporary database and Jupyter state), drives it
 in headless Chromium and prints one table. Targets: page ready <= 3 s (preheated),
-upload -> labels <= 0.5 s, click -> saved <= 0.15 s, kernel memory <= 300 MB.
+upload -> labels <= 0.5 s, click -> saved <= 0.15 s, kernel memory <= 300 MB. Then the camera's
+figures (benchmarks/bench_camera.py: a fake camera playing real faces) unless --no-camera.
 
-    .venv/bin/python benchmarks/bench_app.py [--model PATH] [--repeat 3]
+    .venv/bin/python benchmarks/bench_app.py [--model PATH] [--repeat 3] [--no-camera]
 """
 from __future__ import annotations
 
@@ -123,6 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="checkpoint to serve (default: the app's default model)")
     parser.add_argument("--repeat", type=int, default=3, help="measurements per row (the median is shown)")
+    parser.add_argument("--no-camera", action="store_true", help="leave out the camera's figures")
     args = parser.parse_args()
 
     from playwright.sync_api import sync_playwright
@@ -177,6 +179,13 @@ def main() -> None:
     print(f"{'measure':<44} {'median':>10} {'target':>10}  ok")
     for name, value, unit, target in rows:
         print(f"{name:<44} {value:>7.2f} {unit:<2} {target:>7.2f} {unit:<2} {'yes' if value <= target else 'NO'}")
+    if not args.no_camera:
+        import bench_camera
+
+        with tempfile.TemporaryDirectory(prefix="smilekit-bench-camera-") as tmp:
+            camera = bench_camera.camera_rows(args.model, 10.0, args.repeat, Path(tmp))
+        print("\ncamera mode (fake camera, 640x480, one face):")
+        bench_camera.print_rows(camera)
 
 
 if __name__ == "__main__":

@@ -344,6 +344,12 @@ def detect_faces(image: Image.Image, detail: Image.Image | np.ndarray | None = N
     return sorted(boxes, key=lambda b: (b.x, b.y))
 
 
+def detect_live_faces(gray: np.ndarray) -> list[Box]:
+    """Faces in a small camera frame (greyscale array), left to right: Haar, Haar on the padded frame, then
+    dlib HOG, without the slow lenient last resorts (a frame with no face must cost little)."""
+    return sorted(_chain(gray, last_resort=False), key=lambda b: (b.x, b.y))
+
+
 def face_crop(gray: Image.Image, detail: np.ndarray | None, face: Box, size: int) -> Image.Image:
     """:func:`model_crop` of ``face`` (in ``gray``'s pixels), cut from ``detail`` (the same photo at a higher
     resolution, greyscale array) when the face is too small in ``gray`` for the context crop: so faces large

@@ -47,7 +47,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, defer, mapped_column
 
 from . import settings
 
@@ -135,6 +135,7 @@ class Verdict(Base):
     verdict: Mapped[str] = mapped_column(String(16))  # 'correct' or 'incorrect'
     true_smiling: Mapped[bool] = mapped_column(Boolean)
     crop_png: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    source: Mapped[str | None] = mapped_column(String(16), nullable=True, default="upload")  # 'upload' or 'camera'
 
 
 class VerdictCount(Base):
@@ -191,7 +192,7 @@ _SUMMARY_TRIGGERS = {
 
 
 COLUMNS = ("id", "created_at", "updated_at", "session_id", "photo_sha256", "face_index", "box", "predicted_smiling",
-           "probability", "model_version", "verdict", "true_smiling", "crop_png")
+           "probability", "model_version", "verdict", "true_smiling", "crop_png", "source")
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -265,6 +266,7 @@ class FeedbackStore:
     def _create_tables(self) -> None:
         """The feedback table with its index, and the summary with its triggers (filled from what is there)."""
         Base.metadata.create_all(self.engine, tables=[Verdict.__table__])
+        self._add_source_column()
         self.summarised = VerdictCount.__tablename__ in inspect(self.engine).get_table_names()
         if self.summarised or self.engine.dialect.name not in _SUMMARY_TRIGGERS:
             return
@@ -280,6 +282,22 @@ class FeedbackStore:
                 conn.execute(text(f"INSERT INTO feedback_summary ({_BUCKET}, verdicts) "
                                   f"SELECT {_BUCKET}, count(*) FROM feedback GROUP BY {_BUCKET}"))
         self.summarised = True
+
+    def _add_source_column(self) -> None:
+        """Databases made before verdicts had a source get the column (NULL: an upload), so they keep working;
+        a read-only one without it is read as all uploads (``has_source`` False)."""
+        self.has_source = "source" in {c["name"] for c in inspect(self.engine).get_columns(Verdict.__tablename__)}
+        if self.has_source:
+            return
+        try:
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql(f"ALTER TABLE {Verdict.__tablename__} ADD COLUMN source VARCHAR(16)")
+        except DBAPIError as err:
+            if _is_read_only(err):
+                return
+            if "source" not in {c["name"] for c in inspect(self.engine).get_columns(Verdict.__tablename__)}:
+                raise  # not another store adding it at the same moment
+        self.has_source = True
 
     # -- writing ---------------------------------------------------------------
 
@@ -314,11 +332,13 @@ class FeedbackStore:
                                   func.set_config("statement_timeout", limit, local)))
 
     def record(self, *, session_id: str, photo_sha256: str, face_index: int, box: tuple[int, int, int, int],
-               probability: float, model_version: str, correct: bool, crop_png: bytes | None = None) -> int:
+               probability: float, model_version: str, correct: bool, crop_png: bytes | None = None,
+               source: str = "upload") -> int:
         """Save (or change) the verdict on one face; returns the row id.
 
         ``correct`` says whether the model's answer was right; the true label is
-        derived from it. ``crop_png`` (the 64x64 face crop) only with consent.
+        derived from it. ``crop_png`` (the 64x64 face crop) only with consent. ``source`` says
+        where the photo came from: ``"upload"`` or ``"camera"``.
         Raises ``DatabaseBusy`` or ``DatabaseReadOnly`` within ``WRITE_DEADLINE_S``.
         """
         predicted = float(probability) >= 0.5
@@ -332,6 +352,7 @@ class FeedbackStore:
             verdict="correct" if correct else "incorrect",
             true_smiling=predicted if correct else not predicted,
             crop_png=crop_png,
+            source=source,
         )
         return self._write(lambda session: self._upsert(session, key, changes, now), "your verdict was not saved",
                            time.monotonic() + WRITE_DEADLINE_S)
@@ -410,17 +431,21 @@ class FeedbackStore:
     def rows(self) -> list[dict]:
         """Every verdict as a dict (see ``COLUMNS``), oldest first."""
         with Session(self.engine) as session:
-            found = session.execute(select(Verdict).order_by(Verdict.created_at, Verdict.id)).scalars().all()
-            return [self._as_dict(v) for v in found]
+            query = select(Verdict).order_by(Verdict.created_at, Verdict.id)
+            if not self.has_source:
+                query = query.options(defer(Verdict.source, raiseload=True))
+            found = session.execute(query).scalars().all()
+            return [self._as_dict(v, self.has_source) for v in found]
 
     @staticmethod
-    def _as_dict(v: Verdict) -> dict:
+    def _as_dict(v: Verdict, has_source: bool = True) -> dict:
         return {
             "id": v.id, "created_at": _as_utc(v.created_at), "updated_at": _as_utc(v.updated_at),
             "session_id": v.session_id, "photo_sha256": v.photo_sha256, "face_index": v.face_index,
             "box": (v.box_x, v.box_y, v.box_w, v.box_h), "predicted_smiling": bool(v.predicted_smiling),
             "probability": v.probability, "model_version": v.model_version, "verdict": v.verdict,
             "true_smiling": bool(v.true_smiling), "crop_png": v.crop_png,
+            "source": (v.source if has_source else None) or "upload",
         }
 
     def stats(self, last: int = 100) -> dict:

@@ -2,12 +2,13 @@
 
 ``SmileApp().widget`` is what the notebook shows. Every user action is a plain
 method (``handle_upload``, ``give_feedback``, ``classify_whole``, ``set_consent``,
-``set_saliency``, ``refresh_metrics``) that the widget callbacks call, so tests
+``set_saliency``, ``refresh_metrics``, ``set_camera``, ``add_capture``) that the widget callbacks call, so tests
 drive the app without a browser. Callbacks never let an exception reach the
 page: the user gets a plain message, the traceback goes to the server's log.
 """
 from __future__ import annotations
 
+import base64
 import ctypes
 import html
 import logging
@@ -24,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from traitlets import Dict
 
 from . import images, render, settings
+from .camera import CameraView
 from .feedback import DatabaseBusy, FeedbackStore, FeedbackWriteError, photo_hash
 from .images import ImageError
 from .predict import FacePrediction, PhotoPrediction, Predictor
@@ -161,6 +163,8 @@ class Photo:
     cards: list[FaceCard] = field(default_factory=list)
     panel: widgets.VBox = None
     body: widgets.Box = None
+    source: str = "upload"  # or "camera": a picture taken in camera mode
+    download: str = ""  # HTML link to download a camera picture
 
 
 class SmileApp:
@@ -181,7 +185,8 @@ class SmileApp:
         self.follows_promotions = predictor is None  # a model given by the caller stays; the default one follows promotions
         self.predictor = predictor or self._guarded(Predictor, "No smile model could be loaded, so photos cannot be checked.")
         self.store = store or self._guarded(FeedbackStore, "The feedback database is not reachable; verdicts cannot be saved.")
-        self.upload.disabled = self.predictor is None
+        self.upload.disabled = self.camera_toggle.disabled = self.predictor is None
+        self.camera_view.set_predictor(self.predictor)
         self._safely(self.refresh_metrics)
 
     # -- building the page -------------------------------------------------------
@@ -203,6 +208,11 @@ class SmileApp:
                             f"({MAX_UPLOAD_BYTES >> 20} MB and {MAX_FILES_PER_UPLOAD} photos per upload). Photos are never stored; with the first box ticked, the 64×64 grey face crops "
                             "you give feedback on are kept for retraining.</span>")
         self.busy = widgets.HTML("")
+        self.camera_toggle = widgets.ToggleButton(value=False, description="Camera", icon="camera", layout=_layout(width="auto"),
+                                                  tooltip="Check smiles live with the camera, and take pictures")
+        self.camera_toggle.add_class("smilekit-camera")
+        self.camera_toggle.observe(lambda change: self._safely(self.set_camera, change["new"]), names="value")
+        self.camera_view = CameraView(on_capture=lambda data: self._safely(self.add_capture, data))
         guard = widgets.HTML(render.upload_guard_html(MAX_FILE_BYTES, MAX_UPLOAD_BYTES, MAX_FILES_PER_UPLOAD))
         guard.add_class("smilekit-guard")  # the browser writes its size refusals here
         self.messages = widgets.VBox([])
@@ -211,11 +221,11 @@ class SmileApp:
         self.metrics.add_class("smilekit-metrics")
         refresh = widgets.Button(description="Refresh", icon="refresh", layout=_layout(width="auto", align_self="flex-start"))
         refresh.on_click(lambda _: self._safely(self.refresh))
-        controls = _row_wrap([self.upload, self.busy], grid_gap="8px", align_items="center")
+        controls = _row_wrap([self.upload, self.camera_toggle, self.busy], grid_gap="8px", align_items="center")
         options = _row_wrap([self.consent_box, self.saliency_box], grid_gap="4px 24px")
         metrics_panel = widgets.VBox([self.metrics, refresh], layout=_layout(margin="8px 0 16px 0"))
         # the live panel sits above the photos, so it stays in view as feedback comes in
-        self.widget = widgets.VBox([widgets.HTML(render.CSS), controls, hint, guard, options, self.messages, metrics_panel, self.gallery],
+        self.widget = widgets.VBox([widgets.HTML(render.CSS), controls, self.camera_view.widget, hint, guard, options, self.messages, metrics_panel, self.gallery],
                                    layout=_layout(width="100%"))
         self.widget.add_class("smilekit-app")
 
@@ -264,6 +274,8 @@ class SmileApp:
         numbers = dict(zip((f.index for f in detected), render.face_numbers([f.box for f in detected])))
         picture = widgets.Image(value=render.boxed_photo(prediction.image, [f.box for f in detected], list(numbers.values())),
                                 format="jpeg", layout=_layout(width="auto", max_width="100%", max_height="75vh", height="auto"))
+        if photo.source == "camera":
+            picture.add_class("smilekit-capture")
         picture_box = widgets.Box([picture], layout=_layout(flex="1 1 100%", max_width="1000px", margin="0 0 8px 0") if group
                                   else _layout(flex="0 1 auto", max_width="560px", margin="0 16px 8px 0"))
         thumb_side = render.GROUP_THUMB_SIDE if group else render.THUMB_SIDE
@@ -276,7 +288,7 @@ class SmileApp:
             photo.cards.append(card)
             self._face_card(photo, card, thumb_side)
         summary = render.photo_summary([f.smiling for f in prediction.faces], detected=bool(detected) or not prediction.faces)
-        title = f"<b>{html.escape(photo.name)}</b>: <span class='smilekit-summary'>{html.escape(summary)}</span>"
+        title = f"<b>{html.escape(photo.name)}</b>: <span class='smilekit-summary'>{html.escape(summary)}</span>{photo.download}"
         if photo.cards:
             # auto-fill keeps empty columns, so one card stays card-sized on a wide screen
             columns = f"repeat(auto-fill, minmax({thumb_side + 16}px, 1fr))"
@@ -358,10 +370,32 @@ class SmileApp:
             return False
         log.info("model %s (%s) now labels this session's photos", predictor.version, current)
         self.predictor = predictor
-        self.upload.disabled = False
+        self.camera_view.set_predictor(predictor)
+        self.upload.disabled = self.camera_toggle.disabled = False
         return True
 
-    def _add_photo(self, name: str, data: bytes) -> int:
+    def set_camera(self, on: bool) -> None:
+        """Camera mode on (the page asks for the camera) or off (the camera stops)."""
+        on = bool(on) and self.predictor is not None
+        if self.camera_toggle.value != on:
+            self.camera_toggle.value = on
+        (self.camera_view.start if on else self.camera_view.stop)()
+
+    def add_capture(self, data: bytes) -> int | None:
+        """A picture taken in camera mode: shown like an upload, its feedback stored as from the camera."""
+        self.messages.children = []
+        name = time.strftime("Camera picture %H:%M:%S")
+        link = (f" <a class='smilekit-download' download='smilekit-{time.strftime('%Y%m%d-%H%M%S')}.jpg' "
+                f"href='data:image/jpeg;base64,{base64.b64encode(data).decode()}'>Download</a>")
+        try:
+            index = self._add_photo(name, data, source="camera", download=link)
+        except ImageError as err:
+            self.show_error(f"{name}: {err}")
+            return None
+        self.refresh_metrics()
+        return index
+
+    def _add_photo(self, name: str, data: bytes, source: str = "upload", download: str = "") -> int:
         if self.predictor is None:
             raise ImageError("No smile model is loaded, so photos cannot be checked.")
         size = memoryview(data).nbytes
@@ -369,7 +403,7 @@ class SmileApp:
             raise ImageError(f"This file is {size / 2**20:.1f} MB; the limit is {MAX_FILE_BYTES >> 20} MB per photo.")
         start = time.perf_counter()
         prediction = self.predictor.predict(data)  # read in place: no copy of the file
-        photo = Photo(name, photo_hash(data), prediction)
+        photo = Photo(name, photo_hash(data), prediction, source=source, download=download)
         self.photos.append(photo)
         self._render_photo(photo)
         log.info("photo %s: %d face(s) in %.2f s", photo.sha256[:12], len(prediction.faces), time.perf_counter() - start)
@@ -423,7 +457,7 @@ class SmileApp:
             row_id = self.store.record(
                 session_id=self.session_id, photo_sha256=photo.sha256, face_index=face.index, box=face.box.as_tuple(),
                 probability=face.probability, model_version=photo.prediction.model_version, correct=correct,
-                crop_png=render.crop_png(face.crop) if self.consent else None,
+                crop_png=render.crop_png(face.crop) if self.consent else None, source=photo.source,
             )
         except FeedbackWriteError as err:
             log.warning("verdict not saved: %s", err)
