@@ -108,7 +108,7 @@ def markdown_table(rows: list[dict], digits: int = 4) -> str:
     return "\n".join(lines)
 
 
-def worst_mistakes(evaluation: Evaluation, k: int = 16) -> np.ndarray:
+def worst_mistakes(evaluation: Evaluation, k: int = 12) -> np.ndarray:
     """Indices of the ``k`` wrong answers given with the highest confidence, worst first."""
     prob = evaluation.probabilities
     wrong = np.flatnonzero((prob >= 0.5) != evaluation.labels.astype(bool))

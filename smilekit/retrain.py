@@ -119,7 +119,8 @@ def available_test_sets(data_root=None) -> list[str]:
 def retrain(config: RetrainConfig, progress: bool = True, say=print) -> dict:
     """Fine-tune the current model on consented feedback, compare before / after, promote if the rule allows.
 
-    Returns {model, candidate, feedback, before, after, changes, promoted, reason, promoted_path};
+    Returns {model, model_version, candidate, candidate_version, feedback, before, after, changes, promoted,
+    reason, promoted_path, config};
     ``before`` / ``after`` are {test set: summary}. With no consented crop nothing is trained
     (candidate None). ``say`` receives one line per step.
     """
@@ -129,7 +130,8 @@ def retrain(config: RetrainConfig, progress: bool = True, say=print) -> dict:
         pairs = store.consented_crops()
     finally:
         store.close()
-    result = {"model": str(current), "candidate": None, "feedback": len(pairs), "before": {}, "after": {},
+    result = {"model": str(current), "model_version": load_checkpoint(current)[1]["version"], "candidate": None,
+              "candidate_version": None, "feedback": len(pairs), "before": {}, "after": {},
               "changes": {}, "promoted": False, "reason": "no consented feedback crops: nothing to learn from",
               "promoted_path": None, "config": asdict(config)}
     say(f"current model {current}; {len(pairs)} consented feedback crops ({sum(l for _, l in pairs)} smiling)")
@@ -137,10 +139,10 @@ def retrain(config: RetrainConfig, progress: bool = True, say=print) -> dict:
         say(result["reason"])
         return result
     candidate = settings.project_path(config.work_dir) / f"candidate-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.pt"
-    fine_tune(current, pairs, candidate, config.data_root, epochs=config.epochs, limit=config.limit, lr=config.lr,
-              repeat=config.repeat, progress=progress)
-    result["candidate"] = str(candidate)
-    say(f"candidate {candidate}")
+    report = fine_tune(current, pairs, candidate, config.data_root, epochs=config.epochs, limit=config.limit, lr=config.lr,
+                       repeat=config.repeat, progress=progress)
+    result.update(candidate=str(candidate), candidate_version=report["version"])
+    say(f"candidate {candidate} (version {report['version']})")
     sets = evaluate.load_sets(config.data_root, datasets=available_test_sets(config.data_root), split="test",
                               limit=config.limit, progress=progress)
     result["before"] = evaluate.summaries(evaluate.evaluate(current, sets))

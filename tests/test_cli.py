@@ -36,7 +36,10 @@ def test_predict_json_one_object_per_photo_with_errors_inline(model_path, celeba
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert [len(line.get("faces", [])) for line in lines] == [1, 4, 0, 0]
     face = lines[0]["faces"][0]
-    assert set(face) == {"box", "smiling", "probability"} and 0 <= face["probability"] <= 1
+    from smilekit.predict import Predictor
+
+    expected = Predictor(model_path).predict(celeba_dir / "img/0.jpg").faces[0]  # the same answer as the package gives
+    assert set(face) == {"box", "smiling", "probability"} and face["probability"] == round(expected.probability, 4)
     assert face["smiling"] == (face["probability"] >= 0.5)
     assert "not an image" in lines[2]["error"] and "cannot read" in lines[3]["error"]
     for line in lines[:2]:  # the per-photo summary beside the faces
