@@ -16,7 +16,7 @@ import torch
 from . import data as data_mod
 from . import metrics
 from .model import center, load_checkpoint, logits_of
-from .runtime import probabilities
+from .runtime import DEFAULT_THRESHOLD, decision_threshold, probabilities
 
 TEST_DATASETS = ("smilesmiled", "celeba-subset")
 
@@ -52,6 +52,7 @@ class Evaluation:
     logits: np.ndarray
     temperature: float
     groups: np.ndarray | None = None
+    threshold: float = DEFAULT_THRESHOLD  # the checkpoint's decision threshold
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -64,15 +65,15 @@ class Evaluation:
         return probabilities(self.logits, 1.0)
 
     def summary(self) -> dict:
-        return metrics.summary(self.labels, self.probabilities)
+        return metrics.summary(self.labels, self.probabilities, self.threshold)
 
 
 def evaluate(checkpoint, sets: dict[str, FaceSet]) -> dict[str, Evaluation]:
     """Run ``checkpoint`` (path) on every face set: {dataset: Evaluation}."""
     torch.set_num_threads(min(2, torch.get_num_threads()))
     model, meta = load_checkpoint(checkpoint)
-    temperature = float(meta.get("temperature", 1.0))
-    return {name: Evaluation(name, s.labels, logits_of(model, center(torch.from_numpy(s.crops))), temperature, s.groups)
+    temperature, threshold = float(meta.get("temperature", 1.0)), decision_threshold(meta)
+    return {name: Evaluation(name, s.labels, logits_of(model, center(torch.from_numpy(s.crops))), temperature, s.groups, threshold)
             for name, s in sets.items()}
 
 
@@ -111,8 +112,8 @@ def markdown_table(rows: list[dict], digits: int = 4) -> str:
 def worst_mistakes(evaluation: Evaluation, k: int = 12) -> np.ndarray:
     """Indices of the ``k`` wrong answers given with the highest confidence, worst first."""
     prob = evaluation.probabilities
-    wrong = np.flatnonzero((prob >= 0.5) != evaluation.labels.astype(bool))
-    confidence = np.abs(prob[wrong] - 0.5)
+    wrong = np.flatnonzero((prob >= evaluation.threshold) != evaluation.labels.astype(bool))
+    confidence = np.abs(prob[wrong] - evaluation.threshold)
     return wrong[np.argsort(-confidence, kind="stable")][:k]
 
 
@@ -159,7 +160,8 @@ def evaluate_photos(predictor, samples, progress: bool = False, prior: float | N
     labels = np.array([s.smiling for s in samples])
     probs = np.where(found, probs, 1.0 - labels)
     y, p = labels[readable], probs[readable]
-    result = metrics.summary(y, p)
+    threshold = getattr(predictor, "threshold", DEFAULT_THRESHOLD)
+    result = metrics.summary(y, p, threshold)
     result.update(no_face=int((status == "no_face").sum()), unreadable=int((~readable).sum()),
                   faces_found=float(found[readable].mean()) if readable.any() else float("nan"),
                   ece=metrics.reliability(labels[found], probs[found])["ece"], model_version=predictor.version)
@@ -168,7 +170,7 @@ def evaluate_photos(predictor, samples, progress: bool = False, prior: float | N
     groups = np.array([s.male for s in samples], dtype=object)[readable]
     if readable.any() and not any(g is None for g in groups):
         groups = groups.astype(int)
-        by_group = metrics.per_group_accuracy(y, p, groups)
+        by_group = metrics.per_group_accuracy(y, p, groups, threshold)
         result["accuracy_by_male"] = {int(g): v["accuracy"] for g, v in by_group.items()}
         if len(by_group) == 2:
             result["male_gap_interval"] = metrics.group_gap_interval(y, p, groups)

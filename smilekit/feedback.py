@@ -314,14 +314,16 @@ class FeedbackStore:
                                   func.set_config("statement_timeout", limit, local)))
 
     def record(self, *, session_id: str, photo_sha256: str, face_index: int, box: tuple[int, int, int, int],
-               probability: float, model_version: str, correct: bool, crop_png: bytes | None = None) -> int:
+               probability: float, model_version: str, correct: bool, crop_png: bytes | None = None,
+               threshold: float = settings.DEFAULT_THRESHOLD) -> int:
         """Save (or change) the verdict on one face; returns the row id.
 
         ``correct`` says whether the model's answer was right; the true label is
-        derived from it. ``crop_png`` (the 64x64 face crop) only with consent.
+        derived from it and the model's answer (``probability`` >= its ``threshold``).
+        ``crop_png`` (the 64x64 face crop) only with consent.
         Raises ``DatabaseBusy`` or ``DatabaseReadOnly`` within ``WRITE_DEADLINE_S``.
         """
-        predicted = float(probability) >= 0.5
+        predicted = float(probability) >= threshold
         now = _utcnow()
         key = dict(session_id=session_id, photo_sha256=photo_sha256, face_index=int(face_index), model_version=model_version)
         changes = dict(
