@@ -122,3 +122,13 @@ def test_train_command_refuses_an_unknown_dataset(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "--datasets", "imagenet"])
     assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_predict_does_not_import_torch(model_path, celeba_dir):
+    """`smilekit predict` runs the ONNX export: torch (about a second to import) stays out of the process."""
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "smilekit", "predict", str(celeba_dir / "img/0.jpg"), "--json"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and len(json.loads(result.stdout)["faces"]) == 1
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
+    assert "smilekit.predict" in imported and "cv2" in imported  # the import log is read correctly
+    assert "torch" not in imported, "smilekit predict imported torch"
