@@ -38,7 +38,8 @@ def run(pythonpath: Path, photo: Path, importtime: bool = False) -> tuple[float,
     env = dict(os.environ, PYTHONPATH=str(pythonpath))
     command = [sys.executable, *(["-X", "importtime"] if importtime else []), "-m", "smilekit", "predict", str(photo)]
     start = time.perf_counter()
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    # run from the package's own folder: ``-m`` puts the working directory first on sys.path
+    result = subprocess.run(command, env=env, cwd=pythonpath, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"predict failed with PYTHONPATH={pythonpath}: {result.stderr[-2000:]}")
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--photo", type=Path, default=ROOT.parent / "shared" / "data" / "celeba-subset" / "img" / "0.jpg")
     args = parser.parse_args()
+    args.photo = args.photo.resolve()
     before = args.before or subprocess.run(["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], check=True,
                                            capture_output=True, text=True).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp:
