@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -239,6 +240,21 @@ def upload(page, paths) -> None:
     with page.expect_file_chooser() as chooser:
         page.click(".smilekit-upload")
     chooser.value.set_files([str(p) for p in paths])
+
+
+def new_pg_database(postgres_server: str) -> str:
+    """A new, empty PostgreSQL database on the test server (``postgres_server``'s URL); returns its URL."""
+    import psycopg2
+    from sqlalchemy import make_url
+
+    url = make_url(postgres_server)
+    name = f"feedback_{uuid.uuid4().hex[:12]}"
+    conn = psycopg2.connect(host=url.host, port=url.port, user=url.username, dbname="postgres")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    conn.close()
+    return url.set(database=name).render_as_string(hide_password=False)
 
 
 def _as_postgres_user(cmd: list[str]) -> list[str]:
