@@ -2,7 +2,9 @@
 
 ``load_sets`` cuts the faces once; ``evaluate`` runs a checkpoint on them and
 keeps logits, probabilities, labels and groups, from which the summaries, the
-baseline comparison table and the worst mistakes are read.
+baseline comparison table and the worst mistakes are read. ``evaluate_photos`` scores
+labelled photos through the app's path (``smilekit evaluate``) and needs no torch: torch is
+imported only by the functions that run a checkpoint on crops.
 """
 from __future__ import annotations
 
@@ -11,11 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import data as data_mod
 from . import metrics
-from .model import center, load_checkpoint, logits_of
 from .runtime import DEFAULT_THRESHOLD, decision_threshold, probabilities
 
 TEST_DATASETS = ("smilesmiled", "celeba-subset")
@@ -70,6 +70,10 @@ class Evaluation:
 
 def evaluate(checkpoint, sets: dict[str, FaceSet]) -> dict[str, Evaluation]:
     """Run ``checkpoint`` (path) on every face set: {dataset: Evaluation}."""
+    import torch  # here, not at import: the photo path (evaluate_photos, ``smilekit evaluate``) runs without torch
+
+    from .model import center, load_checkpoint, logits_of
+
     torch.set_num_threads(min(2, torch.get_num_threads()))
     model, meta = load_checkpoint(checkpoint)
     temperature, threshold = float(meta.get("temperature", 1.0)), decision_threshold(meta)
@@ -125,6 +129,10 @@ def balanced_indices(labels: np.ndarray, n: int) -> np.ndarray:
 
 def model_crops(crops: np.ndarray) -> np.ndarray:
     """The 64x64 model crops (uint8) inside context crops."""
+    import torch
+
+    from .model import center
+
     return (center(torch.from_numpy(crops))[:, 0].numpy() * 255).round().astype(np.uint8)
 
 
