@@ -87,8 +87,17 @@ def cmd_retrain(args) -> int:
 
     given = {key: getattr(args, key) for key in ("db_url", "data_root", "model", "models_dir", "work_dir", "epochs", "limit",
                                                  "lr", "repeat", "max_drop") if getattr(args, key) is not None}
-    result = retrain(RetrainConfig(**given, promote=args.promote), progress=not args.quiet,
-                     say=lambda line: print(line, flush=True))
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    try:
+        result = retrain(RetrainConfig(**given, promote=args.promote), progress=not args.quiet,
+                         say=lambda line: print(line, flush=True))
+    except ArgumentError as err:
+        print(f"error: --db is not a database URL (e.g. sqlite:///outputs/feedback.db): {err}", file=sys.stderr)
+        return 2
+    except SQLAlchemyError as err:
+        print(f"error: cannot read the feedback database: {getattr(err, 'orig', None) or err}", file=sys.stderr)
+        return 2
     accuracy = lambda summaries: {name: s["accuracy"] for name, s in summaries.items()}
     print(json.dumps({"candidate": result["candidate"], "promoted": result["promoted"], "before": accuracy(result["before"]),
                       "after": accuracy(result["after"]), "feedback": result["feedback"]}), flush=True)

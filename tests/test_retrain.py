@@ -184,3 +184,13 @@ def test_retrain_without_consented_feedback_trains_nothing(shared_data, smilesmi
     assert code == 0 and "nothing to learn from" in out[-2]
     assert json.loads(out[-1]) == {"candidate": None, "promoted": False, "before": {}, "after": {}, "feedback": 0}
     assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("url, said", [("nonsense", "not a database URL"),
+                                       ("postgresql+psycopg2://nobody@127.0.0.1:1/none", "cannot read the feedback database")])
+def test_retrain_command_bad_database_is_a_clear_error(url, said, capsys):
+    from smilekit import cli
+
+    assert cli.main(["retrain", "--db", url]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
