@@ -61,7 +61,7 @@ def feedback_arrays(pairs, repeat: int = 1) -> tuple[np.ndarray, np.ndarray]:
     return np.repeat(np.stack(crops), repeat, axis=0), np.repeat(np.array(labels), repeat)
 
 
-def fine_tune(base, pairs, out, data_root=None, datasets=("smilesmiled", "celeba-subset"), epochs: int = RetrainConfig.epochs,
+def fine_tune(base, pairs, out, data_root=None, datasets=TrainConfig.datasets, epochs: int = RetrainConfig.epochs,
               limit=None, lr: float = RetrainConfig.lr, repeat: int = RetrainConfig.repeat, seed: int = 0, progress: bool = True) -> dict:
     """Fine-tune checkpoint ``base`` on feedback ``pairs`` mixed with the original training data.
 
