@@ -11,83 +11,35 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("SMILEKIT_TEST_DATA", ROOT.parent / "shared" / "data")) / "celeba-subset" / "img"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-COLLAGE_IDS = (0, 1, 4, 5)
+sys.path.insert(0, str(ROOT / "tests"))
+from helpers import CHROMIUM, CHROMIUM_ARGS, VoilaServer, make_collage  # noqa: E402 - the launcher the tests use
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+CELEBA = Path(os.environ.get("SMILEKIT_TEST_DATA", ROOT.parent / "shared" / "data")) / "celeba-subset"
 
 
 def make_photos(folder: Path) -> dict[str, Path]:
     """A one-face photo of about 1 MP and a four-face collage, as JPEGs."""
-    face = Image.open(DATA / "0.jpg").convert("RGB").resize((900, 1100), Image.BICUBIC)
+    face = Image.open(CELEBA / "img" / "0.jpg").convert("RGB").resize((900, 1100), Image.BICUBIC)
     out = {"1 face, 1 MP": folder / "face-1mp.jpg", "4 faces": folder / "group.jpg"}
     face.save(out["1 face, 1 MP"], quality=90)
-    photos = [Image.open(DATA / f"{i}.jpg").convert("RGB") for i in COLLAGE_IDS]
-    w, h, gap = photos[0].width, photos[0].height, 40
-    collage = Image.new("RGB", (2 * w + 3 * gap, 2 * h + 3 * gap), "white")
-    for k, photo in enumerate(photos):
-        collage.paste(photo, (gap + (k % 2) * (w + gap), gap + (k // 2) * (h + gap)))
-    collage.save(out["4 faces"], quality=92)
+    out["4 faces"].write_bytes(make_collage(CELEBA))
     return out
 
 
-class Server:
+def start(state: Path, preheat: bool, model: str | None) -> VoilaServer:
     """scripts/serve on a free port, with or without a preheated kernel."""
-
-    def __init__(self, state: Path, preheat: bool, model: str | None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.db_url = f"sqlite:///{state / 'feedback.db'}"
-        env = dict(os.environ, SMILEKIT_PORT=str(self.port), SMILEKIT_DB_URL=self.db_url,
-                   SMILEKIT_VENV=str(Path(sys.executable).parent.parent), SMILEKIT_PREHEAT=str(preheat))
-        if model:
-            env["SMILEKIT_MODEL"] = model
-        for var in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR"):
-            (state / var).mkdir(exist_ok=True)
-            env[var] = str(state / var)
-        self.log = (state / f"voila-{self.port}.log").open("wb")
-        self.proc = subprocess.Popen([str(ROOT / "scripts" / "serve")], cwd=ROOT, env=env,
-                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url, timeout=5):
-                    return
-            except OSError:
-                time.sleep(0.3)
-        raise RuntimeError("Voilà did not start")
-
-    def kernels(self) -> list[psutil.Process]:
-        children = psutil.Process(self.proc.pid).children(recursive=True)
-        return [p for p in children if "ipykernel" in " ".join(p.cmdline())]
-
-    def stop(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.log.close()
+    state.mkdir(exist_ok=True)
+    return VoilaServer(state, Path(model) if model else None, env={"SMILEKIT_PREHEAT": str(preheat)})
 
 
 def page_ready(browser, url: str, width: int = 1280):
@@ -133,21 +85,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="smilekit-bench-") as tmp, sync_playwright() as p:
         tmp = Path(tmp)
         photos = make_photos(tmp)
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
 
         # cold: no kernel waiting, the page load starts one and runs the notebook
         cold = []
         for n in range(args.repeat):
-            (tmp / f"cold{n}").mkdir()
-            server = Server(tmp / f"cold{n}", False, args.model)
+            server = start(tmp / f"cold{n}", False, args.model)
             page, seconds = page_ready(browser, server.url)
             cold.append(seconds)
             page.close()
-            server.stop()
+            server.close()
         rows.append(("page ready, cold (no preheated kernel)", statistics.median(cold), "s", 3.0))
 
-        (tmp / "warm").mkdir()
-        server = Server(tmp / "warm", True, args.model)
+        server = start(tmp / "warm", True, args.model)
         warm, uploads, clicks = [], {name: [] for name in photos}, []
         for n in range(args.repeat):
             time.sleep(15 if n else 10)  # let the pool (re)fill: a kernel that has already run the notebook
@@ -164,7 +114,7 @@ def main() -> None:
         memory = kernel.memory_info().rss / 2**20
         unique = kernel.memory_full_info().uss / 2**20
         page.close()
-        server.stop()
+        server.close()
         browser.close()
 
     rows.append(("page ready, preheated (scripts/serve)", statistics.median(warm), "s", 3.0))

@@ -167,7 +167,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     sys.path.insert(0, str(args.root.resolve()))
     import cv2
-    from PIL import Image
 
     from smilekit import faces as faces_mod
     from smilekit.predict import Predictor

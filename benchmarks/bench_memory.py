@@ -200,14 +200,14 @@ def run_served(keys: list[str], cache: Path) -> float:
 
     from playwright.sync_api import sync_playwright
 
-    from bench_app import CHROMIUM_ARGS, Server
+    from bench_app import CHROMIUM, CHROMIUM_ARGS, start
 
     worst = 0.0
     header = f"{'case':44} {'MB sent':>8} {'rest MB':>8} {'peak MB':>8} {'<=300':>6} {'after':>6}  shown"
     print(header + "\n" + "-" * len(header))
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
-        server = Server(Path(tmp), True, None)
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        server = start(Path(tmp), True, None)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             for key in keys:
                 files = _case_files(cache, key)
@@ -245,7 +245,7 @@ def run_served(keys: list[str], cache: Path) -> float:
                 page.close()
         finally:
             browser.close()
-            server.stop()
+            server.close()
     print(f"\nworst page kernel peak: {worst:.0f} MB (MB = 2^20 bytes; server and Chromium on 2 shared cores)")
     return worst
 

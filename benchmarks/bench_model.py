@@ -140,7 +140,7 @@ def main() -> None:
         results[name] = {"version": predictor.version, **score_crops(path, face_sets, priors),
                          PHOTO_SET: score_photos(predictor, photos, priors[PHOTO_SET]), "latency": latency(predictor, photo)}
     print_table(results)
-    print(f"\ntest sets: " + ", ".join(f"{n} n={len(s.labels)}" for n, s in face_sets.items()) + f", {PHOTO_SET} n={len(photos)} photos; "
+    print("\ntest sets: " + ", ".join(f"{n} n={len(s.labels)}" for n, s in face_sets.items()) + f", {PHOTO_SET} n={len(photos)} photos; "
           "versions: " + ", ".join(f"{n}={r['version']} ({r['latency']['runtime']})" for n, r in results.items()))
     print("smiling share of the train splits: " + ", ".join(f"{k} {v:.3f}" for k, v in priors.items()))
     if args.json:

@@ -1,4 +1,8 @@
-"""Command line: ``smilekit predict``, ``smilekit evaluate``, ``smilekit train``."""
+"""Command line: ``smilekit predict``, ``smilekit evaluate``, ``smilekit train``, ``smilekit retrain``.
+
+Modules that import torch are imported inside the subcommands that need them, so
+``smilekit predict`` (which runs the ONNX export) starts without torch.
+"""
 from __future__ import annotations
 
 import argparse
@@ -60,15 +64,45 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from .data import LOADERS
+    from .model import ARCHITECTURES
     from .train import TrainConfig, train
 
-    config = TrainConfig(data_root=args.data_root, datasets=tuple(args.datasets), arch=args.arch, epochs=args.epochs,
-                         batch_size=args.batch_size, lr=args.lr, seed=args.seed, out=args.out, limit=args.limit,
-                         resume=args.resume, arch_kwargs={"width": args.width} if args.width else {}, device=args.device,
-                         source_balance=args.source_balance, draws_per_epoch=args.draws_per_epoch, threads=args.threads)
+    for option, value, known in [("--datasets", d, LOADERS) for d in args.datasets or ()] + [("--arch", args.arch, ARCHITECTURES)]:
+        if value is not None and value not in known:  # checked here, not by argparse: the lists live in torch modules
+            args.parser.error(f"argument {option}: invalid choice: {value!r} (choose from {', '.join(sorted(known))})")
+    given = {key: getattr(args, key) for key in ("data_root", "arch", "epochs", "batch_size", "lr", "seed", "out", "limit",
+                                                 "device", "source_balance", "draws_per_epoch", "threads")
+             if getattr(args, key) is not None}  # the rest: TrainConfig's defaults, the one source for them
+    if args.datasets:
+        given["datasets"] = tuple(args.datasets)
+    config = TrainConfig(**given, resume=args.resume, arch_kwargs={"width": args.width} if args.width else {})
     report = train(config)  # a missing data folder is reported by main()
     if "version" in report:  # under torchrun only the first worker reports
         print(json.dumps({"version": report["version"], "test": report["test"]}, indent=2))
+    return 0
+
+
+def cmd_retrain(args) -> int:
+    """Fine-tune on consented feedback; the last line printed is one JSON object with the outcome."""
+    from .retrain import RetrainConfig, retrain
+
+    given = {key: getattr(args, key) for key in ("db_url", "data_root", "model", "models_dir", "work_dir", "epochs", "limit",
+                                                 "lr", "repeat", "max_drop") if getattr(args, key) is not None}
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    try:
+        result = retrain(RetrainConfig(**given, promote=args.promote), progress=not args.quiet,
+                         say=lambda line: print(line, flush=True))
+    except ArgumentError as err:
+        print(f"error: --db is not a database URL (e.g. sqlite:///outputs/feedback.db): {err}", file=sys.stderr)
+        return 2
+    except SQLAlchemyError as err:
+        print(f"error: cannot read the feedback database: {getattr(err, 'orig', None) or err}", file=sys.stderr)
+        return 2
+    accuracy = lambda summaries: {name: s["accuracy"] for name, s in summaries.items()}
+    print(json.dumps({"candidate": result["candidate"], "promoted": result["promoted"], "before": accuracy(result["before"]),
+                      "after": accuracy(result["after"]), "feedback": result["feedback"]}), flush=True)
     return 0
 
 
@@ -90,30 +124,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="checkpoint file (default: promoted or shipped model)")
     p.set_defaults(run=cmd_evaluate)
 
-    from .data import LOADERS
-    from .devices import DEVICES
-    from .model import ARCHITECTURES
-    from .train import TrainConfig
-
-    defaults = TrainConfig()  # one source for the defaults of the CLI, the notebook and the code
-    p = sub.add_parser("train", help="train a model on face data")
-    p.add_argument("--data-root", help="folder with smilesmiled/ and celeba-subset/ (default $SMILEKIT_DATA)")
-    p.add_argument("--datasets", nargs="+", default=list(defaults.datasets), choices=sorted(LOADERS))
-    p.add_argument("--arch", default=defaults.arch, choices=sorted(ARCHITECTURES))
-    p.add_argument("--width", type=int, help="SmileNet channels in its first stage (default 24)")
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    p = sub.add_parser("train", help="train a model on face data",
+                       description="Train a model; an option left out takes its default from smilekit.train.TrainConfig.")
+    p.add_argument("--data-root", help="folder with smilesmiled/, celeba-subset/, mtfl/, fer2013/ (default $SMILEKIT_DATA)")
+    p.add_argument("--datasets", nargs="+", help="datasets whose train splits are used (names as in smilekit.data.LOADERS)")
+    p.add_argument("--arch", help="smilenet, litenet (EfficientNet-Lite0 from ImageNet weights) or seedcnn")
+    p.add_argument("--width", type=int, help="SmileNet channels in its first stage (default: the architecture's)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
     p.add_argument("--limit", type=int, help="at most this many images per dataset and split")
-    p.add_argument("--out", default=defaults.out)
+    p.add_argument("--out", help="checkpoint to write")
     p.add_argument("--resume", action="store_true", help="continue from OUT's .last.pt")
-    p.add_argument("--device", default=defaults.device, choices=DEVICES, help="where to train (auto: a GPU if present)")
-    p.add_argument("--source-balance", default=defaults.source_balance, choices=("equal", "size"),
-                   help="each dataset's share of the draws: equal, or its share of the images")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="where to train (default cpu; auto: a GPU if present)")
+    p.add_argument("--source-balance", choices=("equal", "size"),
+                   help="each dataset's share of the draws: equal (default), or its share of the images")
     p.add_argument("--draws-per-epoch", type=int, help="faces drawn per epoch (default: the training set's size)")
-    p.add_argument("--threads", type=int, default=defaults.threads, help="CPU threads per process")
-    p.set_defaults(run=cmd_train)
+    p.add_argument("--threads", type=int, help="CPU threads per process (default 2)")
+    p.set_defaults(run=cmd_train, parser=p)
+
+    p = sub.add_parser("retrain", help="fine-tune on consented feedback; promote only if no test split drops",
+                       description="Fine-tune the current model on consented feedback, compare before / after on every "
+                                   "test split under the data root, promote only if none drops by more than --max-drop "
+                                   "and --promote is given. Options left out take smilekit.retrain.RetrainConfig's defaults. "
+                                   "The last line printed is one JSON object.")
+    p.add_argument("--db", dest="db_url", metavar="URL", help="feedback database (default the app's: $SMILEKIT_DB_URL or outputs/feedback.db)")
+    p.add_argument("--data-root", help="face data folder (default $SMILEKIT_DATA)")
+    p.add_argument("--model", help="current checkpoint (default the one the app serves)")
+    p.add_argument("--models-dir", help="where --promote copies the new model (default $SMILEKIT_MODELS_DIR or outputs/models)")
+    p.add_argument("--work-dir", help="where the candidate is written (default outputs/retrain)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--limit", type=int, help="at most this many images per dataset and split")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--repeat", type=int, help="times each feedback crop joins the training set")
+    p.add_argument("--max-drop", type=float, help="largest accuracy drop allowed on any test split, e.g. 0.005 (half a point)")
+    p.add_argument("--promote", action="store_true", help="copy the candidate into the models folder if the rule allows")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=cmd_retrain)
     return parser
 
 

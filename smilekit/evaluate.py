@@ -2,7 +2,9 @@
 
 ``load_sets`` cuts the faces once; ``evaluate`` runs a checkpoint on them and
 keeps logits, probabilities, labels and groups, from which the summaries, the
-baseline comparison table and the worst mistakes are read.
+baseline comparison table and the worst mistakes are read. ``evaluate_photos`` scores
+labelled photos through the app's path (``smilekit evaluate``) and needs no torch: torch is
+imported only by the functions that run a checkpoint on crops.
 """
 from __future__ import annotations
 
@@ -11,12 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import data as data_mod
 from . import metrics
-from .model import center, load_checkpoint, logits_of
-from .runtime import probabilities
+from .runtime import DEFAULT_THRESHOLD, decision_threshold, probabilities
 
 TEST_DATASETS = ("smilesmiled", "celeba-subset", "mtfl", "fer2013")
 
@@ -52,6 +52,7 @@ class Evaluation:
     logits: np.ndarray
     temperature: float
     groups: np.ndarray | None = None
+    threshold: float = DEFAULT_THRESHOLD  # the checkpoint's decision threshold
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -64,15 +65,19 @@ class Evaluation:
         return probabilities(self.logits, 1.0)
 
     def summary(self) -> dict:
-        return metrics.summary(self.labels, self.probabilities)
+        return metrics.summary(self.labels, self.probabilities, self.threshold)
 
 
 def evaluate(checkpoint, sets: dict[str, FaceSet]) -> dict[str, Evaluation]:
     """Run ``checkpoint`` (path) on every face set: {dataset: Evaluation}."""
+    import torch  # here, not at import: the photo path (evaluate_photos, ``smilekit evaluate``) runs without torch
+
+    from .model import center, load_checkpoint, logits_of
+
     torch.set_num_threads(min(2, torch.get_num_threads()))
     model, meta = load_checkpoint(checkpoint)
-    temperature = float(meta.get("temperature", 1.0))
-    return {name: Evaluation(name, s.labels, logits_of(model, center(torch.from_numpy(s.crops))), temperature, s.groups)
+    temperature, threshold = float(meta.get("temperature", 1.0)), decision_threshold(meta)
+    return {name: Evaluation(name, s.labels, logits_of(model, center(torch.from_numpy(s.crops))), temperature, s.groups, threshold)
             for name, s in sets.items()}
 
 
@@ -108,11 +113,11 @@ def markdown_table(rows: list[dict], digits: int = 4) -> str:
     return "\n".join(lines)
 
 
-def worst_mistakes(evaluation: Evaluation, k: int = 16) -> np.ndarray:
+def worst_mistakes(evaluation: Evaluation, k: int = 12) -> np.ndarray:
     """Indices of the ``k`` wrong answers given with the highest confidence, worst first."""
     prob = evaluation.probabilities
-    wrong = np.flatnonzero((prob >= 0.5) != evaluation.labels.astype(bool))
-    confidence = np.abs(prob[wrong] - 0.5)
+    wrong = np.flatnonzero((prob >= evaluation.threshold) != evaluation.labels.astype(bool))
+    confidence = np.abs(prob[wrong] - evaluation.threshold)
     return wrong[np.argsort(-confidence, kind="stable")][:k]
 
 
@@ -124,6 +129,10 @@ def balanced_indices(labels: np.ndarray, n: int) -> np.ndarray:
 
 def model_crops(crops: np.ndarray) -> np.ndarray:
     """The 64x64 model crops (uint8) inside context crops."""
+    import torch
+
+    from .model import center
+
     return (center(torch.from_numpy(crops))[:, 0].numpy() * 255).round().astype(np.uint8)
 
 
@@ -159,7 +168,8 @@ def evaluate_photos(predictor, samples, progress: bool = False, prior: float | N
     labels = np.array([s.smiling for s in samples])
     probs = np.where(found, probs, 1.0 - labels)
     y, p = labels[readable], probs[readable]
-    result = metrics.summary(y, p)
+    threshold = getattr(predictor, "threshold", DEFAULT_THRESHOLD)
+    result = metrics.summary(y, p, threshold)
     result.update(no_face=int((status == "no_face").sum()), unreadable=int((~readable).sum()),
                   faces_found=float(found[readable].mean()) if readable.any() else float("nan"),
                   ece=metrics.reliability(labels[found], probs[found])["ece"], model_version=predictor.version)
@@ -168,7 +178,7 @@ def evaluate_photos(predictor, samples, progress: bool = False, prior: float | N
     groups = np.array([s.male for s in samples], dtype=object)[readable]
     if readable.any() and not any(g is None for g in groups):
         groups = groups.astype(int)
-        by_group = metrics.per_group_accuracy(y, p, groups)
+        by_group = metrics.per_group_accuracy(y, p, groups, threshold)
         result["accuracy_by_male"] = {int(g): v["accuracy"] for g, v in by_group.items()}
         result["accuracy_by_male_interval"] = {int(g): v["interval"] for g, v in by_group.items()}
         if len(by_group) == 2:

@@ -1,7 +1,8 @@
 """Where feedback is written: one row per face verdict, in SQLite or PostgreSQL.
 
 The engine comes from a URL (argument, else ``SMILEKIT_DB_URL``, else the SQLite
-file ``outputs/feedback.db``); the schema is declared once below. Each click is an
+file ``outputs/feedback.db``); the tables are declared below for queries, and created or changed
+only by migrations (``smilekit.migrate``, run on open; a test checks they agree). Each click is an
 upsert keyed on (session, photo, face, model version), so clicking again changes
 the verdict instead of adding a row. Face pixels are stored only with consent;
 the full photo never is.
@@ -43,13 +44,12 @@ from sqlalchemy import (
     inspect,
     make_url,
     select,
-    text,
     update,
 )
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, defer, mapped_column
 
-from . import settings
+from . import migrate, settings
 
 log = logging.getLogger(__name__)
 
@@ -149,48 +149,6 @@ class VerdictCount(Base):
     verdicts: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
-_BUCKET = "model_version, true_smiling, predicted_smiling"
-_CHANGED = ("OLD.model_version IS DISTINCT FROM NEW.model_version OR OLD.true_smiling IS DISTINCT FROM NEW.true_smiling "
-            "OR OLD.predicted_smiling IS DISTINCT FROM NEW.predicted_smiling")
-
-
-def _bucket_sql(row: str, step: int) -> str:
-    """Add ``step`` to the summary bucket of ``row`` (``NEW`` or ``OLD``), creating it when missing."""
-    values = f"{row}.model_version, {row}.true_smiling, {row}.predicted_smiling"
-    return (f"INSERT INTO feedback_summary ({_BUCKET}, verdicts) VALUES ({values}, {step}) "
-            f"ON CONFLICT ({_BUCKET}) DO UPDATE SET verdicts = feedback_summary.verdicts + {step};")
-
-
-#: the triggers that keep feedback_summary, per dialect (SQLite says IS NOT where PostgreSQL says IS DISTINCT FROM)
-_SUMMARY_TRIGGERS = {
-    "sqlite": [
-        f"CREATE TRIGGER feedback_summary_insert AFTER INSERT ON feedback BEGIN {_bucket_sql('NEW', 1)} END",
-        f"CREATE TRIGGER feedback_summary_delete AFTER DELETE ON feedback BEGIN {_bucket_sql('OLD', -1)} END",
-        f"CREATE TRIGGER feedback_summary_update AFTER UPDATE ON feedback WHEN {_CHANGED.replace('IS DISTINCT FROM', 'IS NOT')} "
-        f"BEGIN {_bucket_sql('OLD', -1)} {_bucket_sql('NEW', 1)} END",
-    ],
-    "postgresql": [
-        # a changed verdict moves between two buckets: always in the same order, so that two transactions
-        # moving in opposite directions wait for each other instead of deadlocking
-        "CREATE OR REPLACE FUNCTION feedback_summary_apply() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-        "IF TG_OP = 'INSERT' THEN " + _bucket_sql('NEW', 1) + " "
-        "ELSIF TG_OP = 'DELETE' THEN " + _bucket_sql('OLD', -1) + " "
-        "ELSIF (NEW.model_version, NEW.true_smiling, NEW.predicted_smiling) < (OLD.model_version, OLD.true_smiling, "
-        "OLD.predicted_smiling) THEN " + _bucket_sql('NEW', 1) + " " + _bucket_sql('OLD', -1) + " "
-        "ELSE " + _bucket_sql('OLD', -1) + " " + _bucket_sql('NEW', 1) + " END IF; "
-        "RETURN NULL; END $$",
-        "CREATE TRIGGER feedback_summary_insert_delete AFTER INSERT OR DELETE ON feedback "
-        "FOR EACH ROW EXECUTE FUNCTION feedback_summary_apply()",
-        f"CREATE TRIGGER feedback_summary_update AFTER UPDATE ON feedback FOR EACH ROW WHEN ({_CHANGED}) "
-        "EXECUTE FUNCTION feedback_summary_apply()",
-        "CREATE OR REPLACE FUNCTION feedback_summary_clear() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-        "DELETE FROM feedback_summary; RETURN NULL; END $$",
-        "CREATE TRIGGER feedback_summary_truncate AFTER TRUNCATE ON feedback "
-        "FOR EACH STATEMENT EXECUTE FUNCTION feedback_summary_clear()",
-    ],
-}
-
-
 COLUMNS = ("id", "created_at", "updated_at", "session_id", "photo_sha256", "face_index", "box", "predicted_smiling",
            "probability", "model_version", "verdict", "true_smiling", "crop_png", "source")
 
@@ -224,14 +182,14 @@ class FeedbackStore:
         try:
             self._create_schema()
         except DBAPIError as err:
-            # an SQLite file in a folder we cannot write: WAL needs its lock files there, so read it as immutable
-            fallback = self._immutable_url()
-            if fallback is None or not _is_read_only(err):
+            if not _is_read_only(err):
                 raise
-            log.warning("the feedback database %s and its folder cannot be written; opened for reading only", self.url)
-            self.engine.dispose()
-            self.engine = self._engine(fallback)
-            self._create_schema()
+            # an SQLite file in a folder we cannot write: WAL needs its lock files there, so read it as immutable
+            if (fallback := self._immutable_url()) is not None:
+                log.warning("the feedback database %s and its folder cannot be written; opened for reading only", self.url)
+                self.engine.dispose()
+                self.engine = self._engine(fallback)
+            self._create_schema(read_only=True)
 
     @staticmethod
     def _engine(url):
@@ -254,50 +212,18 @@ class FeedbackStore:
         return self.engine.url.set(database=f"file:{quote(str(path.resolve()))}",
                                    query={**self.engine.url.query, "immutable": "1", "uri": "true"})
 
-    def _create_schema(self) -> None:
+    def _create_schema(self, read_only: bool = False) -> None:
+        """Bring the schema to the newest migration (``smilekit.migrate``); a database that cannot be written
+        (``read_only``: opened as such after a first try) is read as it is if it has the feedback table."""
         try:
-            self._create_tables()
+            migrate.upgrade(self.engine)
         except DBAPIError as err:
-            if _is_read_only(err):
+            if not (read_only and _is_read_only(err) and Verdict.__tablename__ in inspect(self.engine).get_table_names()):
                 raise
-            # another store created it at the same moment ("already exists"); now it is there
-            self._create_tables()
-
-    def _create_tables(self) -> None:
-        """The feedback table with its index, and the summary with its triggers (filled from what is there)."""
-        Base.metadata.create_all(self.engine, tables=[Verdict.__table__])
-        self._add_source_column()
+            log.warning("the feedback database %s cannot be upgraded (read-only); reading it as it is", self.url)
         self.summarised = VerdictCount.__tablename__ in inspect(self.engine).get_table_names()
-        if self.summarised or self.engine.dialect.name not in _SUMMARY_TRIGGERS:
-            return
-        with self.engine.begin() as conn:
-            if self.engine.dialect.name == "sqlite":
-                conn.exec_driver_sql("BEGIN IMMEDIATE")  # one store at a time from here on
-            else:
-                conn.exec_driver_sql("LOCK TABLE feedback IN SHARE ROW EXCLUSIVE MODE")  # no writes, no other store
-            if VerdictCount.__tablename__ not in inspect(conn).get_table_names():
-                VerdictCount.__table__.create(conn)
-                for statement in _SUMMARY_TRIGGERS[self.engine.dialect.name]:
-                    conn.exec_driver_sql(statement)
-                conn.execute(text(f"INSERT INTO feedback_summary ({_BUCKET}, verdicts) "
-                                  f"SELECT {_BUCKET}, count(*) FROM feedback GROUP BY {_BUCKET}"))
-        self.summarised = True
-
-    def _add_source_column(self) -> None:
-        """Databases made before verdicts had a source get the column (NULL: an upload), so they keep working;
-        a read-only one without it is read as all uploads (``has_source`` False)."""
+        # a read-only database from before verdicts had a source is read as all uploads
         self.has_source = "source" in {c["name"] for c in inspect(self.engine).get_columns(Verdict.__tablename__)}
-        if self.has_source:
-            return
-        try:
-            with self.engine.begin() as conn:
-                conn.exec_driver_sql(f"ALTER TABLE {Verdict.__tablename__} ADD COLUMN source VARCHAR(16)")
-        except DBAPIError as err:
-            if _is_read_only(err):
-                return
-            if "source" not in {c["name"] for c in inspect(self.engine).get_columns(Verdict.__tablename__)}:
-                raise  # not another store adding it at the same moment
-        self.has_source = True
 
     # -- writing ---------------------------------------------------------------
 
@@ -333,15 +259,16 @@ class FeedbackStore:
 
     def record(self, *, session_id: str, photo_sha256: str, face_index: int, box: tuple[int, int, int, int],
                probability: float, model_version: str, correct: bool, crop_png: bytes | None = None,
-               source: str = "upload") -> int:
+               threshold: float = settings.DEFAULT_THRESHOLD, source: str = "upload") -> int:
         """Save (or change) the verdict on one face; returns the row id.
 
         ``correct`` says whether the model's answer was right; the true label is
-        derived from it. ``crop_png`` (the 64x64 face crop) only with consent. ``source`` says
-        where the photo came from: ``"upload"`` or ``"camera"``.
+        derived from it and the model's answer (``probability`` >= its ``threshold``).
+        ``crop_png`` (the 64x64 face crop) only with consent. ``source`` says where
+        the photo came from: ``"upload"`` or ``"camera"``.
         Raises ``DatabaseBusy`` or ``DatabaseReadOnly`` within ``WRITE_DEADLINE_S``.
         """
-        predicted = float(probability) >= 0.5
+        predicted = float(probability) >= threshold
         now = _utcnow()
         key = dict(session_id=session_id, photo_sha256=photo_sha256, face_index=int(face_index), model_version=model_version)
         changes = dict(

@@ -9,7 +9,8 @@ from PIL import Image
 
 from . import faces
 from .images import ImageError, load_image, load_photo
-from .runtime import INPUT_SIZE, ExportedModel, crops_to_array, default_model_path, probabilities
+from .runtime import (DEFAULT_THRESHOLD, INPUT_SIZE, ExportedModel, crops_to_array, decision_threshold, default_model_path,
+                      probabilities)
 
 #: photos reduced for work (smilekit.images.WORK_MAX_SIDE) are also read in greyscale up to this long side, to
 #: find and cut small faces (a 40-px face in a 4,000-px photo is 20 px at 2,048, below Haar's 24-px window);
@@ -26,10 +27,11 @@ class FacePrediction:
     probability: float  # calibrated probability of smiling
     crop: Image.Image = field(repr=False)  # the 64x64 greyscale crop the model saw
     detected: bool = True  # False when the whole photo was classified as one face
+    threshold: float = DEFAULT_THRESHOLD  # the model's decision threshold (from its checkpoint)
 
     @property
     def smiling(self) -> bool:
-        return self.probability >= 0.5
+        return self.probability >= self.threshold
 
     @property
     def label(self) -> str:
@@ -76,6 +78,7 @@ class Predictor:
             self._logits = lambda x: logits_of(fast_model, torch.from_numpy(x))
         self.runtime = "onnx" if exported is not None else "torch"
         self.temperature = float(self.meta.get("temperature", 1.0))
+        self.threshold = decision_threshold(self.meta)
         self.version = self.meta["version"]
 
     def predict_proba(self, crops) -> np.ndarray:
@@ -103,7 +106,7 @@ class Predictor:
         crops = [faces.face_crop(gray, detail, box, INPUT_SIZE) for box in boxes]
         del detail
         probs = self.predict_proba(crops) if crops else []
-        found = [FacePrediction(i, b, float(p), c, detected) for i, (b, p, c) in enumerate(zip(boxes, probs, crops))]
+        found = [FacePrediction(i, b, float(p), c, detected, self.threshold) for i, (b, p, c) in enumerate(zip(boxes, probs, crops))]
         return PhotoPrediction(image, found, self.version)
 
     def score_samples(self, samples, progress: bool = False, transform=None) -> tuple[np.ndarray, np.ndarray]:

@@ -11,18 +11,38 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .data import CONTEXT_SIZE
+from . import evaluate, settings
+from .data import CONTEXT_SIZE, LOADERS, data_root as resolve_data_root
+from .feedback import FeedbackStore
 from .model import load_checkpoint
-from .runtime import INPUT_SIZE, export_paths
+from .runtime import INPUT_SIZE, default_model_path, export_paths
 from .train import TrainConfig, train
 
 #: a new model is refused if any test split's accuracy drops by more than this (0.5 point)
 MAX_DROP = 0.005
+
+
+@dataclass
+class RetrainConfig:
+    """What ``smilekit retrain`` and notebook 04 take; None means the app's own setting."""
+
+    db_url: str | None = None  # feedback database (None: $SMILEKIT_DB_URL, else outputs/feedback.db)
+    data_root: str | None = None  # face data (None: $SMILEKIT_DATA, else data/)
+    model: str | None = None  # the current checkpoint (None: what the app serves)
+    models_dir: str | None = None  # where a promoted model goes (None: $SMILEKIT_MODELS_DIR, else outputs/models)
+    work_dir: str = "outputs/retrain"  # where candidates are written
+    epochs: int = 3  # fine-tuning epochs over the original training data + feedback crops
+    limit: int | None = None  # at most this many images per dataset and split (None: all)
+    lr: float = 5e-4  # peak learning rate (small: stay close to the current model)
+    repeat: int = 4  # how many times each feedback crop joins the training set
+    max_drop: float = MAX_DROP  # refuse the candidate if a test split's accuracy drops by more than this
+    promote: bool = False  # copy an accepted candidate into the models folder (else only write it)
 
 
 def feedback_arrays(pairs, repeat: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -41,8 +61,8 @@ def feedback_arrays(pairs, repeat: int = 1) -> tuple[np.ndarray, np.ndarray]:
     return np.repeat(np.stack(crops), repeat, axis=0), np.repeat(np.array(labels), repeat)
 
 
-def fine_tune(base, pairs, out, data_root=None, datasets=("smilesmiled", "celeba-subset"), epochs: int = 3,
-              limit=None, lr: float = 5e-4, repeat: int = 4, seed: int = 0, progress: bool = True) -> dict:
+def fine_tune(base, pairs, out, data_root=None, datasets=TrainConfig.datasets, epochs: int = RetrainConfig.epochs,
+              limit=None, lr: float = RetrainConfig.lr, repeat: int = RetrainConfig.repeat, seed: int = 0, progress: bool = True) -> dict:
     """Fine-tune checkpoint ``base`` on feedback ``pairs`` mixed with the original training data.
 
     The feedback crops (each seen ``repeat`` times) join the datasets' train
@@ -88,6 +108,54 @@ def promote(checkpoint, models_dir) -> Path:
     shutil.copyfile(checkpoint, tmp)  # a fresh mtime: the app picks the newest file
     tmp.replace(target)
     return target
+
+
+def available_test_sets(data_root=None) -> list[str]:
+    """Every dataset with a folder under the data root, in ``data.LOADERS`` order: the test splits to compare on."""
+    root = resolve_data_root(data_root)
+    return [name for name in LOADERS if (root / name).is_dir()]
+
+
+def retrain(config: RetrainConfig, progress: bool = True, say=print) -> dict:
+    """Fine-tune the current model on consented feedback, compare before / after, promote if the rule allows.
+
+    Returns {model, model_version, candidate, candidate_version, feedback, before, after, changes, promoted,
+    reason, promoted_path, config};
+    ``before`` / ``after`` are {test set: summary}. With no consented crop nothing is trained
+    (candidate None). ``say`` receives one line per step.
+    """
+    current = settings.project_path(config.model) if config.model else default_model_path()
+    store = FeedbackStore(config.db_url)
+    try:
+        pairs = store.consented_crops()
+    finally:
+        store.close()
+    result = {"model": str(current), "model_version": load_checkpoint(current)[1]["version"], "candidate": None,
+              "candidate_version": None, "feedback": len(pairs), "before": {}, "after": {},
+              "changes": {}, "promoted": False, "reason": "no consented feedback crops: nothing to learn from",
+              "promoted_path": None, "config": asdict(config)}
+    say(f"current model {current}; {len(pairs)} consented feedback crops ({sum(l for _, l in pairs)} smiling)")
+    if not pairs:
+        say(result["reason"])
+        return result
+    candidate = settings.project_path(config.work_dir) / f"candidate-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.pt"
+    report = fine_tune(current, pairs, candidate, config.data_root, epochs=config.epochs, limit=config.limit, lr=config.lr,
+                       repeat=config.repeat, progress=progress)
+    result.update(candidate=str(candidate), candidate_version=report["version"])
+    say(f"candidate {candidate} (version {report['version']})")
+    sets = evaluate.load_sets(config.data_root, datasets=available_test_sets(config.data_root), split="test",
+                              limit=config.limit, progress=progress)
+    result["before"] = evaluate.summaries(evaluate.evaluate(current, sets))
+    result["after"] = evaluate.summaries(evaluate.evaluate(candidate, sets))
+    result["changes"] = changes(result["before"], result["after"])
+    allowed, result["reason"] = should_promote(result["before"], result["after"], config.max_drop)
+    if allowed and config.promote:
+        result["promoted_path"] = str(promote(candidate, settings.models_dir(config.models_dir)))
+        result["promoted"] = True
+    elif allowed:
+        result["reason"] += "; not copied to the models folder (promotion not asked for)"
+    say(result["reason"])
+    return result
 
 
 def agreement_over_time(rows: list[dict], window: int = 20) -> list[dict]:

@@ -25,6 +25,12 @@ INPUT_SIZE = 64
 LABELS = ("not_smiling", "smiling")
 PREPROCESSING = "face crop (smilekit.faces geometry), greyscale, 64x64 bilinear, [0,1]; per-image standardisation inside the model"
 SHIPPED_MODEL = Path(__file__).parent / "weights" / "smilenet.pt"
+DEFAULT_THRESHOLD = settings.DEFAULT_THRESHOLD
+
+
+def decision_threshold(meta: dict) -> float:
+    """The threshold a checkpoint (or its export's metadata) decides with."""
+    return float(meta.get("threshold", DEFAULT_THRESHOLD))
 
 
 def default_model_path() -> Path:

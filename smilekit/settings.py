@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+#: probability of smiling from which a face counts as smiling, for a checkpoint that stores no ``threshold`` of its own
+DEFAULT_THRESHOLD = 0.5
 
 
 def project_path(path) -> Path:

@@ -30,10 +30,10 @@ class TrainConfig:
     data_root: str | None = None  # folder holding smilesmiled/, celeba-subset/ ... (default $SMILEKIT_DATA)
     datasets: tuple = ("smilesmiled", "celeba-subset", "mtfl", "fer2013")
     source_balance: str = "equal"  # each dataset's share of the draws: "equal", or "size" (its share of the images)
-    draws_per_epoch: int | None = None  # training faces drawn per epoch (default: as many as there are)
+    draws_per_epoch: int | None = 16384  # training faces drawn per epoch (None: as many as there are)
     arch: str = "smilenet"
     arch_kwargs: dict = field(default_factory=dict)  # e.g. {"width": 32}; defaults are the architecture's own
-    epochs: int = 80
+    epochs: int = 24
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 5e-4

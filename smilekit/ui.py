@@ -456,7 +456,7 @@ class SmileApp:
         try:
             row_id = self.store.record(
                 session_id=self.session_id, photo_sha256=photo.sha256, face_index=face.index, box=face.box.as_tuple(),
-                probability=face.probability, model_version=photo.prediction.model_version, correct=correct,
+                probability=face.probability, threshold=face.threshold, model_version=photo.prediction.model_version, correct=correct,
                 crop_png=render.crop_png(face.crop) if self.consent else None, source=photo.source,
             )
         except FeedbackWriteError as err:

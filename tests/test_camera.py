@@ -3,12 +3,12 @@ captured pictures shown like uploads, and their feedback stored as from the came
 from __future__ import annotations
 
 import io
-import sqlite3
 
 import pytest
+from sqlalchemy import create_engine
 from PIL import Image
 
-from smilekit import camera, ui
+from smilekit import camera, migrate, ui
 from smilekit.feedback import FeedbackStore
 from smilekit.predict import Predictor
 
@@ -164,14 +164,17 @@ def test_capture_that_is_not_a_picture_gets_a_message(predictor, store):
     assert app.photos == [] and len(app.messages.children) == 1
 
 
-def test_database_without_a_source_column_keeps_working(tmp_path):
-    path = tmp_path / "old.db"
-    store = FeedbackStore(f"sqlite:///{path}")
-    store.record(session_id="s", photo_sha256="a" * 64, face_index=0, box=(1, 2, 3, 4), probability=0.8, model_version="v1", correct=True)
-    store.close()
-    with sqlite3.connect(path) as conn:  # as the table was before verdicts had a source
-        conn.execute("ALTER TABLE feedback DROP COLUMN source")
-    store = FeedbackStore(f"sqlite:///{path}")
+def test_database_from_before_verdicts_had_a_source_upgrades_and_keeps_working(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    migrate.upgrade(engine, "0001")  # the schema before verdicts had a source, with one verdict in it
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO feedback (created_at, updated_at, session_id, photo_sha256, face_index, box_x, box_y, box_w, box_h, "
+            "predicted_smiling, probability, model_version, verdict, true_smiling) VALUES "
+            f"('2026-11-24 10:00:00', '2026-11-24 10:00:00', 's', '{'a' * 64}', 0, 1, 2, 3, 4, 1, 0.8, 'v1', 'correct', 1)")
+    engine.dispose()
+    store = FeedbackStore(url)  # migration 0002 adds the column
     store.record(session_id="s", photo_sha256="b" * 64, face_index=0, box=(1, 2, 3, 4), probability=0.2, model_version="v1",
                  correct=False, source="camera")
     assert [r["source"] for r in store.rows()] == ["upload", "camera"]

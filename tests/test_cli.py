@@ -36,7 +36,10 @@ def test_predict_json_one_object_per_photo_with_errors_inline(model_path, celeba
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert [len(line.get("faces", [])) for line in lines] == [1, 4, 0, 0]
     face = lines[0]["faces"][0]
-    assert set(face) == {"box", "smiling", "probability"} and 0 <= face["probability"] <= 1
+    from smilekit.predict import Predictor
+
+    expected = Predictor(model_path).predict(celeba_dir / "img/0.jpg").faces[0]  # the same answer as the package gives
+    assert set(face) == {"box", "smiling", "probability"} and face["probability"] == round(expected.probability, 4)
     assert face["smiling"] == (face["probability"] >= 0.5)
     assert "not an image" in lines[2]["error"] and "cannot read" in lines[3]["error"]
     for line in lines[:2]:  # the per-photo summary beside the faces
@@ -119,3 +122,27 @@ def test_train_command_refuses_an_unknown_dataset(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "--datasets", "imagenet"])
     assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def _imported(*args) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run ``smilekit ARGS`` with ``python -X importtime``: (the process, the modules it imported)."""
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "smilekit", *map(str, args)],
+                            capture_output=True, text=True, timeout=300)
+    return result, [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
+
+
+def test_predict_does_not_import_torch(model_path, celeba_dir):
+    """`smilekit predict` runs the ONNX export: torch (about a second to import) stays out of the process."""
+    result, imported = _imported("predict", celeba_dir / "img/0.jpg", "--json")
+    assert result.returncode == 0 and len(json.loads(result.stdout)["faces"]) == 1
+    assert "smilekit.predict" in imported and "cv2" in imported  # the import log is read correctly
+    assert "torch" not in imported, "smilekit predict imported torch"
+
+
+def test_evaluate_on_photos_does_not_import_torch(model_path, smilesmiled_dir, tmp_path):
+    from smilekit import data
+
+    _labelled_folder(tmp_path, data.select(data.load_smilesmiled(smilesmiled_dir), "test", 10), as_crops=True)
+    result, imported = _imported("evaluate", tmp_path, "--crops", "--json")
+    assert result.returncode == 0 and json.loads(result.stdout)["n"] == 10
+    assert "smilekit.evaluate" in imported and "torch" not in imported

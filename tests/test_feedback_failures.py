@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import make_url
 
+from conftest import new_pg_database
 from smilekit.feedback import WRITE_DEADLINE_S, DatabaseBusy, DatabaseReadOnly, FeedbackStore, FeedbackWriteError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,20 +42,6 @@ def _noise_png(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def _pg_database(postgres_server: str, owner: str | None = None) -> str:
-    """A new, empty PostgreSQL database on the test server; returns its URL."""
-    import psycopg2
-
-    url = make_url(postgres_server)
-    name = f"feedback_{uuid.uuid4().hex[:12]}"
-    conn = psycopg2.connect(host=url.host, port=url.port, user=url.username, dbname="postgres")
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-    conn.close()
-    return url.set(database=name).render_as_string(hide_password=False)
-
-
 def _psycopg2(db_url: str):
     import psycopg2
 
@@ -67,7 +54,7 @@ def db_url(request, tmp_path):
     """A fresh feedback database of each kind (PostgreSQL: a new database on the test server)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'feedback.db'}"
-    return _pg_database(request.getfixturevalue("postgres_server"))
+    return new_pg_database(request.getfixturevalue("postgres_server"))
 
 
 class WriteLock:
@@ -224,7 +211,7 @@ def test_read_only_sqlite_file(tmp_path, folder_writable):
 
 @pytest.mark.parametrize("how", ["read-only-database", "select-only-user"])
 def test_read_only_postgresql(postgres_server, how):
-    url = _pg_database(postgres_server)
+    url = new_pg_database(postgres_server)
     store = FeedbackStore(url)
     _record(store, crop=_noise_png(3))
     store.close()
@@ -295,7 +282,7 @@ def test_forgetting_while_someone_reads_wipes_at_the_next_chance(tmp_path, caplo
 
 def test_forgotten_crops_leave_no_bytes_in_postgresql_files(postgres_server):
     """Searches every file of the test database's folder (table, TOAST table, indexes), not the server's WAL."""
-    url = _pg_database(postgres_server)
+    url = new_pg_database(postgres_server)
     store = FeedbackStore(url)
     crops = [_noise_png(30 + face) for face in range(3)]
     for face, crop in enumerate(crops):

@@ -64,13 +64,17 @@ def test_unknown_architecture_and_missing_checkpoint():
         M.load_checkpoint("/nonexistent/model.pt")
 
 
-def test_shipped_model_is_small_and_loads():
+def test_shipped_model_is_small_and_scores_well_on_real_test_faces(shared_data):
+    from smilekit import evaluate
+
     if not SHIPPED_MODEL.is_file():
         pytest.fail("the shipped model smilekit/weights/smilenet.pt is missing")
     assert SHIPPED_MODEL.stat().st_size < 5_000_000
-    net, meta = M.load_checkpoint(SHIPPED_MODEL)
-    assert meta["metrics"]["test"]["smilesmiled"]["accuracy"] > 0.9
+    _, meta = M.load_checkpoint(SHIPPED_MODEL)
     assert 0.2 < meta["temperature"] < 5
+    # scored here on 400 SMILEsmileD test faces, not read from what the checkpoint says about itself (0.917 on all)
+    sets = evaluate.load_sets(shared_data, datasets=("smilesmiled",), limit=400)
+    assert evaluate.summaries(evaluate.evaluate(SHIPPED_MODEL, sets))["smilesmiled"]["accuracy"] > 0.88
 
 
 def test_fused_inference_model_gives_the_same_logits():

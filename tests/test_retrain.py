@@ -1,9 +1,11 @@
 """smilekit.retrain: feedback crops to training arrays, fine-tuning, the promote rule, promotion."""
 from __future__ import annotations
 
+import json
 import os
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,3 +110,87 @@ def test_fine_tune_keeps_the_base_architecture_and_its_settings(shared_data, tmp
     model, meta = load_checkpoint(tmp_path / "tuned.pt")
     assert meta["arch"] == "smilenet" and meta["arch_kwargs"] == {"width": 8}
     assert model.head[-1].in_features == 64  # 8 * 2**3 channels, as in the base
+
+
+# -- the retrain command, end to end on a small run ----------------------------------------------------------------
+
+def _feedback_db(tmp_path, smilesmiled_dir, consented: int, without_crop: int = 2) -> str:
+    """An SQLite feedback database with real SMILEsmileD faces clicked Correct / Incorrect through FeedbackStore."""
+    import csv
+    import io
+
+    from smilekit.feedback import FeedbackStore
+
+    with open(smilesmiled_dir / "split.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "train"][: consented + without_crop]
+    url = f"sqlite:///{tmp_path / 'feedback.db'}"
+    store = FeedbackStore(url)
+    for i, row in enumerate(rows):
+        face = Image.open(smilesmiled_dir / row["path"]).convert("L")
+        png = io.BytesIO()
+        face.save(png, format="PNG")
+        probability = 0.8 if i % 3 else 0.2  # the model's answer; the click says whether it matched the true label
+        store.record(session_id=f"s{i % 2}", photo_sha256=f"{i:064x}", face_index=0, box=(0, 0, 64, 64),
+                     probability=probability, model_version="m1", correct=(probability >= 0.5) == bool(int(row["smiling"])),
+                     crop_png=png.getvalue() if i < consented else None)
+    store.close()
+    return url
+
+
+def test_retrain_command_fine_tunes_on_feedback_compares_and_promotes(shared_data, smilesmiled_dir, model_path, tmp_path, capsys):
+    from smilekit import cli, evaluate
+
+    url = _feedback_db(tmp_path, smilesmiled_dir, consented=12)
+    models, work = tmp_path / "models", tmp_path / "work"
+    code = cli.main(["retrain", "--db", url, "--data-root", str(shared_data), "--model", str(model_path), "--models-dir",
+                     str(models), "--work-dir", str(work), "--epochs", "1", "--limit", "24", "--max-drop", "1", "--promote", "--quiet"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert code == 0 and set(result) == {"candidate", "promoted", "before", "after", "feedback"}
+    assert result["feedback"] == 12  # the two verdicts stored without a crop are not learned from
+    candidate = Path(result["candidate"])
+    assert candidate.parent == work and candidate.is_file()
+    assert load_checkpoint(candidate)[1]["version"] != load_checkpoint(model_path)[1]["version"]
+    # before / after are the current model and the candidate on every test split under the data root
+    sets = evaluate.load_sets(shared_data, datasets=retrain.available_test_sets(shared_data), split="test", limit=24)
+    for key, checkpoint in (("before", model_path), ("after", candidate)):
+        expected = {name: s["accuracy"] for name, s in evaluate.summaries(evaluate.evaluate(checkpoint, sets)).items()}
+        assert result[key] == pytest.approx(expected)
+    assert set(result["before"]) >= {"smilesmiled", "celeba-subset"}
+    # promoted: the models folder holds a copy of the candidate, which the app now serves
+    assert result["promoted"] is True
+    (promoted,) = models.glob("*.pt")
+    assert promoted.read_bytes() == candidate.read_bytes()
+
+
+def test_retrain_refused_by_the_rule_writes_the_candidate_only(shared_data, smilesmiled_dir, model_path, tmp_path):
+    url = _feedback_db(tmp_path, smilesmiled_dir, consented=6)
+    models = tmp_path / "models"
+    config = retrain.RetrainConfig(db_url=url, data_root=str(shared_data), model=str(model_path), models_dir=str(models),
+                                   work_dir=str(tmp_path / "work"), epochs=1, limit=24, max_drop=-1.0, promote=True)
+    said = []
+    result = retrain.retrain(config, progress=False, say=said.append)
+    assert result["feedback"] == 6 and Path(result["candidate"]).is_file()
+    assert result["promoted"] is False and result["promoted_path"] is None and not models.exists()
+    assert said[-1] == result["reason"] and result["reason"].startswith("refused")
+
+
+def test_retrain_without_consented_feedback_trains_nothing(shared_data, smilesmiled_dir, tmp_path, capsys):
+    from smilekit import cli
+
+    url = _feedback_db(tmp_path, smilesmiled_dir, consented=0, without_crop=3)
+    code = cli.main(["retrain", "--db", url, "--data-root", str(shared_data), "--work-dir", str(tmp_path / "work"), "--promote"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0 and "nothing to learn from" in out[-2]
+    assert json.loads(out[-1]) == {"candidate": None, "promoted": False, "before": {}, "after": {}, "feedback": 0}
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("url, said", [("nonsense", "not a database URL"),
+                                       ("postgresql+psycopg2://nobody@127.0.0.1:1/none", "cannot read the feedback database")])
+def test_retrain_command_bad_database_is_a_clear_error(url, said, capsys):
+    from smilekit import cli
+
+    assert cli.main(["retrain", "--db", url]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err

@@ -1,0 +1,29 @@
+"""benchmarks/bench_learning.py: held-out faces become the clicks a person who knows the truth would give."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import load_benchmark
+
+bench_learning = load_benchmark("bench_learning")
+
+
+@pytest.mark.parametrize("wrong", [0.0, 0.25])
+def test_clicks_carry_the_true_label_except_the_wrong_share(shared_data, model_path, tmp_path, wrong):
+    from smilekit.feedback import FeedbackStore
+    from smilekit.predict import Predictor
+
+    faces = bench_learning.read_collection(shared_data, "mtfl")["train"][:40]
+    predictor = Predictor(model_path)
+    probs, crops = bench_learning.score(predictor, faces)
+    url = f"sqlite:///{tmp_path / 'clicks.db'}"
+    flipped = bench_learning.write_clicks(url, faces, probs, crops, predictor.threshold, predictor.version, wrong, seed=0)
+    store = FeedbackStore(url)
+    learned = store.consented_crops()
+    store.close()
+    truth = np.array([label for _, label in faces])
+    given = np.array([label for _, label in learned])
+    assert len(learned) == 40 and (flipped == 0) == (wrong == 0)
+    assert int((given != truth).sum()) == flipped  # every click says the truth, but for the flipped ones
+    assert np.array_equal(np.asarray(learned[0][0]), np.asarray(crops[0].convert("L")))  # the crop the app showed
