@@ -12,6 +12,8 @@ JupyterLab, the command line); ``SMILEKIT_MODELS_DIR`` is taken from the project
 | ``SMILEKIT_MODEL`` | the checkpoint to serve | the newest in the models folder, else the shipped one |
 | ``SMILEKIT_MODELS_DIR`` | where promoted models go | ``outputs/models/`` |
 | ``SMILEKIT_THREADS`` | inference threads per app kernel | 1 |
+| ``SMILEKIT_POOL_SIZE`` | preheated kernels the server keeps ready | 1 |
+| ``SMILEKIT_MAX_SESSIONS`` | live sessions before new visitors are asked to retry | from cores and memory |
 """
 from __future__ import annotations
 
@@ -67,3 +69,26 @@ def inference_threads() -> int:
 def served_by_voila() -> bool:
     """True in a kernel that Voilà started for a visitor (or preheated for one)."""
     return "VOILA_BASE_URL" in os.environ
+
+
+#: live sessions a core carries (simultaneous page starts are what loads it; see README, Capacity)
+SESSIONS_PER_CORE = 10
+#: memory kept for a session: about 125 MB at rest, up to about 280 MB while it handles the largest upload
+SESSION_MB = 300
+#: memory kept for the server, the database and the system
+RESERVED_MB = 1024
+
+
+def pool_size() -> int:
+    """Preheated kernels the server keeps ready, the app notebook already run in them (``SMILEKIT_POOL_SIZE``)."""
+    return max(0, int(os.environ.get("SMILEKIT_POOL_SIZE") or 1))
+
+
+def max_sessions() -> int:
+    """Live sessions the server takes before asking new visitors to retry (``SMILEKIT_MAX_SESSIONS``); by
+    default ``SESSIONS_PER_CORE`` per core, fewer if memory holds fewer ``SESSION_MB`` sessions, at least 1."""
+    if os.environ.get("SMILEKIT_MAX_SESSIONS"):
+        return max(1, int(os.environ["SMILEKIT_MAX_SESSIONS"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    return max(1, min(SESSIONS_PER_CORE * cores, (memory_mb - RESERVED_MB) // SESSION_MB))

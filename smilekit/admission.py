@@ -1,0 +1,98 @@
+"""Admission control: how many visitors hold a session, and the page that asks the next one to come back.
+
+Voilà starts one kernel per visitor. ``Sessions`` counts the kernels handed to visitors (pages being
+prepared included; preheated kernels waiting in the pool are not sessions). Above the limit
+(``settings.max_sessions``) a new visitor gets ``busy_page`` at once, with HTTP 503 and Retry-After,
+instead of waiting for a kernel the machine cannot give. At the limit, the kernel of a page that was
+closed (no connection and no activity for ``CLOSED_AFTER_S``) is shut down to make room first, so
+tabs closed a moment ago do not turn newcomers away; a kernel with its page connected is never touched.
+"""
+from __future__ import annotations
+
+import html
+import logging
+import random
+import time
+from datetime import datetime, timezone
+
+log = logging.getLogger(__name__)
+
+#: a visitor's kernel with no page connected and no activity for this long belongs to a closed page
+CLOSED_AFTER_S = 10.0
+#: the busy page asks the browser to try again after this many seconds, plus up to as many again at random
+RETRY_AFTER_S = 5
+
+
+class Sessions:
+    """The visitors' kernels on this server and the pages still being prepared, against ``limit``."""
+
+    def __init__(self, limit: int, closed_after_s: float = CLOSED_AFTER_S):
+        self.limit = limit
+        self.closed_after_s = closed_after_s
+        self.preparing = 0
+        self.kernels: dict[str, float] = {}  # kernel id -> when its page was served (monotonic)
+
+    def count(self, kernel_manager) -> int:
+        """Live sessions: visitors' kernels still running, plus pages being prepared."""
+        for kernel_id in [k for k in self.kernels if k not in kernel_manager]:
+            del self.kernels[kernel_id]
+        return len(self.kernels) + self.preparing
+
+    async def admit(self, kernel_manager) -> bool:
+        """Take a place for a new visitor if there is one (making room from a closed page if needed)."""
+        if self.count(kernel_manager) >= self.limit and not await self._release_closed_page(kernel_manager):
+            return False
+        self.preparing += 1
+        return True
+
+    def served(self, kernel_id: str | None) -> None:
+        """The page of an admitted visitor is served (or abandoned): its place is now its kernel, if it got one."""
+        self.preparing -= 1
+        if kernel_id is not None:
+            self.kernels[kernel_id] = time.monotonic()
+
+    def closed_pages(self, kernel_manager) -> list[str]:
+        """Visitors' kernels whose page has gone: none connected, served and idle for ``closed_after_s``."""
+        now, wall_now = time.monotonic(), datetime.now(timezone.utc)
+        closed = []
+        for kernel_id, served_at in self.kernels.items():
+            if now - served_at < self.closed_after_s or kernel_id not in kernel_manager:
+                continue
+            if kernel_manager.kernel_model(kernel_id).get("connections", 0):
+                continue
+            last = getattr(kernel_manager.get_kernel(kernel_id), "last_activity", None)
+            if last is None or (wall_now - last).total_seconds() >= self.closed_after_s:
+                closed.append(kernel_id)
+        return closed
+
+    async def _release_closed_page(self, kernel_manager) -> bool:
+        for kernel_id in self.closed_pages(kernel_manager):
+            log.info("at the session limit (%d): shutting down kernel %s of a closed page", self.limit, kernel_id)
+            self.kernels.pop(kernel_id, None)
+            try:
+                await kernel_manager.shutdown_kernel(kernel_id)
+            except Exception:  # already gone or failing to stop: its place is free in our count either way
+                log.warning("kernel %s of a closed page did not shut down cleanly", kernel_id, exc_info=True)
+            return True
+        return False
+
+
+def retry_after() -> int:
+    """Seconds a turned-away visitor should wait, spread so that a crowd does not come back at once."""
+    return RETRY_AFTER_S + random.randint(0, RETRY_AFTER_S)
+
+
+def busy_page(seconds: int) -> str:
+    """A small page saying the app is busy that loads the app again by itself after ``seconds``."""
+    seconds = int(seconds)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="refresh" content="{seconds}">
+<title>SmileKit is busy</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:32em;margin:4em auto;padding:0 1em;color:#222}}
+h1{{font-size:1.5em}}a{{color:#1565c0}}</style></head>
+<body class="smilekit-busy"><h1>SmileKit is busy, try again in a moment</h1>
+<p>Many people are using SmileKit right now. This page tries again by itself in {html.escape(str(seconds))} seconds,
+or <a href="">try now</a>.</p></body></html>
+"""

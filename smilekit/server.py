@@ -1,0 +1,89 @@
+"""The app's web server: Voilà, with admission control in front of the page (``scripts/serve`` runs it).
+
+``python -m smilekit.server notebooks/app.ipynb [voila options]`` is ``voila`` with two differences:
+the page's handler first asks ``admission.Sessions`` for a place (a busy page with HTTP 503 when there
+is none), and the preheated pool's size defaults to ``settings.pool_size()``.
+"""
+from __future__ import annotations
+
+import sys
+
+import tornado.web
+from nbclient.util import ensure_async
+from voila.app import Voila
+from voila.tornado.handler import TornadoVoilaHandler
+
+from smilekit import settings
+from smilekit.admission import Sessions, busy_page, retry_after
+
+
+class _KernelIdRecorder:
+    """The kernel manager as one page request sees it, noting which kernel the request was given."""
+
+    def __init__(self, kernel_manager):
+        self._kernel_manager = kernel_manager
+        self.kernel_id: str | None = None
+
+    def __getattr__(self, name):
+        return getattr(self._kernel_manager, name)
+
+    async def get_rendered_notebook(self, *args, **kwargs):
+        result = await self._kernel_manager.get_rendered_notebook(*args, **kwargs)
+        self.kernel_id = result[2]
+        return result
+
+    async def start_kernel(self, *args, **kwargs):
+        self.kernel_id = await ensure_async(self._kernel_manager.start_kernel(*args, **kwargs))
+        return self.kernel_id
+
+
+class AdmittingVoilaHandler(TornadoVoilaHandler):
+    """Voilà's page handler, serving the app only to a visitor who gets a place."""
+
+    _recorder: _KernelIdRecorder | None = None
+
+    @property
+    def kernel_manager(self):
+        return self._recorder or self.settings["kernel_manager"]
+
+    @tornado.web.authenticated
+    async def get(self, path=None):
+        if path:  # not the app's page (Voilà redirects it to a file): no kernel, no place needed
+            return await super().get(path)
+        sessions: Sessions = self.settings["smilekit_sessions"]
+        if not await sessions.admit(self.settings["kernel_manager"]):
+            seconds = retry_after()
+            self.log.warning("busy: %d live sessions (limit %d), visitor asked to retry", sessions.count(self.settings["kernel_manager"]),
+                             sessions.limit)
+            self.set_status(503)
+            self.set_header("Retry-After", str(seconds))
+            self.set_header("Content-Type", "text/html; charset=utf-8")
+            self.set_header("Cache-Control", "no-store")
+            self.finish(busy_page(seconds))
+            return
+        self._recorder = _KernelIdRecorder(self.settings["kernel_manager"])
+        try:
+            await super().get(path)
+        finally:
+            sessions.served(self._recorder.kernel_id)
+
+
+class SmileKitVoila(Voila):
+    """Voilà serving the app's page through ``AdmittingVoilaHandler``."""
+
+    def init_handlers(self):
+        limit = settings.max_sessions()
+        self.app.settings["smilekit_sessions"] = Sessions(limit)
+        self.log.info("SmileKit admits up to %d live sessions (SMILEKIT_MAX_SESSIONS)", limit)
+        return [(rule[0], AdmittingVoilaHandler, *rule[2:]) if rule[1] is TornadoVoilaHandler else rule
+                for rule in super().init_handlers()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the server; options after the notebook are Voilà's (given ones win over the defaults here)."""
+    argv = sys.argv[1:] if argv is None else argv
+    SmileKitVoila.launch_instance([f"--pool_size={settings.pool_size()}", *argv])
+
+
+if __name__ == "__main__":
+    main()
