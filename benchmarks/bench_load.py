@@ -63,6 +63,7 @@ class Scenario:
     visitors: int
     visits: list[Visit] = field(default_factory=list)
     cpu_s: float = 0.0
+    server_cpu_s: float = 0.0
     kernels: int = 0
     kernel_rss_mb: float = 0.0
     server_rss_mb: float = 0.0
@@ -122,15 +123,19 @@ class LoadServer:
 
     def cpu_seconds(self) -> float:
         """CPU time of the server and every kernel it started, the ended ones included (reaped by the server)."""
+        return sum(self.cpu_split())
+
+    def cpu_split(self) -> tuple[float, float]:
+        """(the server process's own CPU seconds, its kernels' CPU seconds, ended ones included)."""
         t = self.process.cpu_times()
-        total = t.user + t.system + t.children_user + t.children_system
+        kernels = t.children_user + t.children_system
         for child in self.process.children(recursive=True):
             try:
                 c = child.cpu_times()
-                total += c.user + c.system
+                kernels += c.user + c.system
             except psutil.NoSuchProcess:
                 continue
-        return total
+        return t.user + t.system, kernels
 
     def memory(self) -> tuple[int, float, float]:
         """(kernels, their mean resident MB, the server's own resident MB)."""
@@ -219,14 +224,16 @@ async def run_scenario(browser, server: LoadServer, scenario: Scenario, stale: i
             await context.close()
     photos = [DATA / f"{i}.jpg" for i in PHOTO_IDS]
     keep: list = []
-    cpu_before, start = server.cpu_seconds(), time.perf_counter()
+    split_before, start = server.cpu_split(), time.perf_counter()
     scenario.visits = list(await asyncio.gather(
         *(visitor(browser, server.url, photos[k % len(photos)], timeout_s, keep) for k in range(scenario.visitors))))
     scenario.wall_s = time.perf_counter() - start
     scenario.kernels, scenario.kernel_rss_mb, scenario.server_rss_mb = server.memory()
     scenario.db_rows = server.feedback_rows()
     server.wait_settled(pool=0, timeout_s=60)  # the kernels started to refill the pool are part of what a visit costs
-    scenario.cpu_s = server.cpu_seconds() - cpu_before
+    split_after = server.cpu_split()
+    scenario.server_cpu_s = split_after[0] - split_before[0]
+    scenario.cpu_s = sum(split_after) - sum(split_before)
     for context in keep:
         await context.close()
 
@@ -254,6 +261,7 @@ def summary(s: Scenario) -> dict:
         "page_ready_p50_s": pct(ready, 0.5), "page_ready_p95_s": pct(ready, 0.95), "page_ready_max_s": max(ready, default=None),
         "upload_to_label_p50_s": pct(labels, 0.5), "upload_to_label_p95_s": pct(labels, 0.95),
         "server_cpu_s": s.cpu_s, "cpu_s_per_visit": s.cpu_s / served if served else None,
+        "voila_process_cpu_s_per_visit": s.server_cpu_s / served if served else None,
         "kernels": s.kernels, "mb_per_session": s.kernel_rss_mb, "server_mb": s.server_rss_mb,
         "clicks": clicks, "db_rows": s.db_rows, "one_row_per_click": s.db_rows == clicks, "wall_s": s.wall_s,
     }
@@ -276,6 +284,7 @@ def show(rows: list[dict]) -> None:
               f"{f(r['upload_to_label_p50_s'], '.2f'):>7}/{f(r['upload_to_label_p95_s'], '.2f'):<6} "
               f"{f(r['cpu_s_per_visit'], '.2f'):>11} {f(r['mb_per_session'], '.0f'):>10} "
               f"{('yes' if r['one_row_per_click'] else 'NO') + ' (' + str(r['db_rows']) + ')':>12}")
+        print(f"    CPU-s per visit: {f(r['voila_process_cpu_s_per_visit'], '.2f')} in the voila process, the rest in kernels")
         for outcome, count in r["failed"].items():
             print(f"    {count} x {outcome}")
 
