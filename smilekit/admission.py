@@ -3,9 +3,11 @@
 Voilà starts one kernel per visitor. ``Sessions`` counts the kernels handed to visitors (pages being
 prepared included; preheated kernels waiting in the pool are not sessions). Above the limit
 (``settings.max_sessions``) a new visitor gets ``busy_page`` at once, with HTTP 503 and Retry-After,
-instead of waiting for a kernel the machine cannot give. At the limit, the kernel of a page that was
-closed (no connection and no activity for ``CLOSED_AFTER_S``) is shut down to make room first, so
-tabs closed a moment ago do not turn newcomers away; a kernel with its page connected is never touched.
+instead of waiting for a kernel the machine cannot give. At the limit, the kernel of a closed page is
+shut down to make room first, so tabs closed a moment ago do not turn newcomers away: a page whose
+websocket was connected and has been gone for ``DISCONNECTED_S`` (``watch`` looks every second), or one
+that never connected and has been idle for ``CLOSED_AFTER_S``. A kernel with its page connected is never
+touched.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ log = logging.getLogger(__name__)
 
 #: a visitor's kernel with no page connected and no activity for this long belongs to a closed page
 CLOSED_AFTER_S = 10.0
+#: a visitor's kernel whose page was connected and has had none for this long belongs to a closed page
+DISCONNECTED_S = 3.0
 #: the busy page asks the browser to try again after this many seconds, plus up to as many again at random
 RETRY_AFTER_S = 5
 
@@ -31,18 +35,36 @@ class Sessions:
         self.closed_after_s = closed_after_s
         self.preparing = 0
         self.kernels: dict[str, float] = {}  # kernel id -> when its page was served (monotonic)
+        self.last_connected: dict[str, float] = {}  # kernel id -> when its page was last seen connected
+
+    def watch(self, kernel_manager) -> None:
+        """Note which visitors' pages are connected now (called every second)."""
+        now = time.monotonic()
+        for kernel_id in list(self.kernels):
+            if kernel_id in kernel_manager and kernel_manager.kernel_model(kernel_id).get("connections", 0):
+                self.last_connected[kernel_id] = now
 
     def count(self, kernel_manager) -> int:
         """Live sessions: visitors' kernels still running, plus pages being prepared."""
         for kernel_id in [k for k in self.kernels if k not in kernel_manager]:
-            del self.kernels[kernel_id]
+            self._forget(kernel_id)
         return len(self.kernels) + self.preparing
 
     async def admit(self, kernel_manager) -> bool:
-        """Take a place for a new visitor if there is one (making room from a closed page if needed)."""
-        if self.count(kernel_manager) >= self.limit and not await self._release_closed_page(kernel_manager):
+        """Take a place for a new visitor if there is one, shutting down a closed page's kernel if that makes one."""
+        if self.count(kernel_manager) < self.limit:
+            self.preparing += 1
+            return True
+        closed = self.closed_pages(kernel_manager)
+        if not closed:
             return False
-        self.preparing += 1
+        self._forget(closed[0])
+        self.preparing += 1  # the place is taken before the shutdown is awaited: no other visitor gets it too
+        log.info("at the session limit (%d): shutting down kernel %s of a closed page", self.limit, closed[0])
+        try:
+            await kernel_manager.shutdown_kernel(closed[0])
+        except Exception:  # already gone or failing to stop: its place is free in our count either way
+            log.warning("kernel %s of a closed page did not shut down cleanly", closed[0], exc_info=True)
         return True
 
     def served(self, kernel_id: str | None) -> None:
@@ -52,29 +74,27 @@ class Sessions:
             self.kernels[kernel_id] = time.monotonic()
 
     def closed_pages(self, kernel_manager) -> list[str]:
-        """Visitors' kernels whose page has gone: none connected, served and idle for ``closed_after_s``."""
+        """Visitors' kernels whose page has gone: none connected now, and either disconnected for
+        ``DISCONNECTED_S`` or never connected, served and idle for ``closed_after_s``."""
         now, wall_now = time.monotonic(), datetime.now(timezone.utc)
         closed = []
         for kernel_id, served_at in self.kernels.items():
-            if now - served_at < self.closed_after_s or kernel_id not in kernel_manager:
+            if kernel_id not in kernel_manager or kernel_manager.kernel_model(kernel_id).get("connections", 0):
                 continue
-            if kernel_manager.kernel_model(kernel_id).get("connections", 0):
+            if kernel_id in self.last_connected:
+                if now - self.last_connected[kernel_id] >= DISCONNECTED_S:
+                    closed.append(kernel_id)
+                continue
+            if now - served_at < self.closed_after_s:
                 continue
             last = getattr(kernel_manager.get_kernel(kernel_id), "last_activity", None)
             if last is None or (wall_now - last).total_seconds() >= self.closed_after_s:
                 closed.append(kernel_id)
         return closed
 
-    async def _release_closed_page(self, kernel_manager) -> bool:
-        for kernel_id in self.closed_pages(kernel_manager):
-            log.info("at the session limit (%d): shutting down kernel %s of a closed page", self.limit, kernel_id)
-            self.kernels.pop(kernel_id, None)
-            try:
-                await kernel_manager.shutdown_kernel(kernel_id)
-            except Exception:  # already gone or failing to stop: its place is free in our count either way
-                log.warning("kernel %s of a closed page did not shut down cleanly", kernel_id, exc_info=True)
-            return True
-        return False
+    def _forget(self, kernel_id: str) -> None:
+        self.kernels.pop(kernel_id, None)
+        self.last_connected.pop(kernel_id, None)
 
 
 def retry_after() -> int:

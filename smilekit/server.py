@@ -7,7 +7,9 @@ is none), and the preheated pool's size defaults to ``settings.pool_size()``.
 from __future__ import annotations
 
 import sys
+from datetime import datetime, timezone
 
+import tornado.ioloop
 import tornado.web
 from nbclient.util import ensure_async
 from voila.app import Voila
@@ -18,7 +20,10 @@ from smilekit.admission import Sessions, busy_page, retry_after
 
 
 class _KernelIdRecorder:
-    """The kernel manager as one page request sees it, noting which kernel the request was given."""
+    """The kernel manager as one page request sees it, noting which kernel the request was given.
+
+    A kernel handed to a visitor counts as active from that moment: a preheated one may have waited in the
+    pool longer than the idle cull's timeout, and would otherwise be culled before its page connects."""
 
     def __init__(self, kernel_manager):
         self._kernel_manager = kernel_manager
@@ -29,12 +34,16 @@ class _KernelIdRecorder:
 
     async def get_rendered_notebook(self, *args, **kwargs):
         result = await self._kernel_manager.get_rendered_notebook(*args, **kwargs)
-        self.kernel_id = result[2]
+        self._handed_over(result[2])
         return result
 
     async def start_kernel(self, *args, **kwargs):
-        self.kernel_id = await ensure_async(self._kernel_manager.start_kernel(*args, **kwargs))
+        self._handed_over(await ensure_async(self._kernel_manager.start_kernel(*args, **kwargs)))
         return self.kernel_id
+
+    def _handed_over(self, kernel_id: str) -> None:
+        self.kernel_id = kernel_id
+        self._kernel_manager.get_kernel(kernel_id).last_activity = datetime.now(timezone.utc)
 
 
 class AdmittingVoilaHandler(TornadoVoilaHandler):
@@ -73,7 +82,8 @@ class SmileKitVoila(Voila):
 
     def init_handlers(self):
         limit = settings.max_sessions()
-        self.app.settings["smilekit_sessions"] = Sessions(limit)
+        sessions = self.app.settings["smilekit_sessions"] = Sessions(limit)
+        tornado.ioloop.PeriodicCallback(lambda: sessions.watch(self.kernel_manager), 1000).start()
         self.log.info("SmileKit admits up to %d live sessions (SMILEKIT_MAX_SESSIONS)", limit)
         return [(rule[0], AdmittingVoilaHandler, *rule[2:]) if rule[1] is TornadoVoilaHandler else rule
                 for rule in super().init_handlers()]
