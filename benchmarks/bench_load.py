@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -37,7 +38,8 @@ from pathlib import Path
 
 import psutil
 
-from bench_app import CHROMIUM_ARGS, free_port
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_app beside this file, also when imported by a test
+from bench_app import CHROMIUM_ARGS, free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("SMILEKIT_TEST_DATA", ROOT.parent / "shared" / "data")) / "celeba-subset" / "img"
@@ -243,7 +245,7 @@ def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def summary(s: Scenario) -> dict:
@@ -264,6 +266,7 @@ def summary(s: Scenario) -> dict:
         "voila_process_cpu_s_per_visit": s.server_cpu_s / served if served else None,
         "kernels": s.kernels, "mb_per_session": s.kernel_rss_mb, "server_mb": s.server_rss_mb,
         "clicks": clicks, "db_rows": s.db_rows, "one_row_per_click": s.db_rows == clicks, "wall_s": s.wall_s,
+        "visits": [asdict(v) for v in s.visits],
     }
 
 
