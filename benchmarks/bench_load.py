@@ -3,7 +3,8 @@
 Each visitor is a browser context of its own (own cookies) in one headless Chromium: it opens the
 page, uploads a real photo (CelebA subset), waits for the face's label and clicks Correct; all N
 start at the same moment. Per scenario the table shows page ready p50 / p95 / max, upload -> label
-p50 / p95, visitors served, told to retry (HTTP 503) and failed (with the step that timed out),
+p50 / p95, visitors served, told to retry (HTTP 503; the busy page retries by itself and the visitor waits
+for it, page ready then counts from the first request) and failed (with the step that timed out),
 server CPU-seconds per visit and resident MB per session (the voila process tree, psutil), and
 whether the database holds exactly one row per acknowledged click.
 
@@ -50,9 +51,12 @@ METRICS = ROOT / "outputs" / "metrics" / "load.json"
 
 @dataclass
 class Visit:
-    """What one visitor saw: ``outcome`` is served, busy (told to retry) or "timeout: <step>" / "error: ..."."""
+    """What one visitor saw: ``outcome`` is served, busy (told to retry, with ``--no-retry``) or "timeout: <step>" /
+    "error: ..."; ``busy_answers`` counts the busy pages seen before the app (the busy page retries by itself)."""
 
     outcome: str = "served"
+    first_answer_s: float | None = None
+    busy_answers: int = 0
     page_ready_s: float | None = None
     upload_to_label_s: float | None = None
     clicked: bool = False
@@ -165,21 +169,29 @@ class LoadServer:
         self._log.close()
 
 
-async def open_page(browser, url: str, timeout_s: float):
-    """A new visitor's page once the app is ready: (context, page, Visit)."""
+async def open_page(browser, url: str, timeout_s: float, retry: bool = True):
+    """A new visitor's page once the app is ready, through the busy page's own retries if ``retry``:
+    (context, page, Visit). Page ready counts from the first request, retries included."""
     from playwright.async_api import TimeoutError as PlaywrightTimeout
 
     context = await browser.new_context(viewport={"width": 1280, "height": 1400})
     page = await context.new_page()
     page.set_default_timeout(timeout_s * 1000)
     visit = Visit()
+
+    def count_busy(response) -> None:
+        if response.status == 503 and response.request.resource_type == "document":
+            visit.busy_answers += 1
+
+    page.on("response", count_busy)
     start = time.perf_counter()
     try:
         response = await page.goto(url, wait_until="commit")
-        if response is not None and response.status == 503:
+        visit.first_answer_s = time.perf_counter() - start
+        if response is not None and response.status == 503 and not retry:
             visit.outcome = "busy"
             return context, page, visit
-        await page.wait_for_selector(".smilekit-upload")
+        await page.wait_for_selector(".smilekit-upload")  # the busy page reloads itself until the app comes
         visit.page_ready_s = time.perf_counter() - start
     except PlaywrightTimeout:
         visit.outcome = "timeout: page"
@@ -211,15 +223,15 @@ async def use_app(page, visit: Visit, photo: Path) -> None:
         visit.outcome = f"error: {step}: {str(error).splitlines()[0][:80]}"
 
 
-async def visitor(browser, url: str, photo: Path, timeout_s: float, keep: list) -> Visit:
-    context, page, visit = await open_page(browser, url, timeout_s)
+async def visitor(browser, url: str, photo: Path, timeout_s: float, keep: list, retry: bool) -> Visit:
+    context, page, visit = await open_page(browser, url, timeout_s, retry)
     if visit.outcome == "served":
         await use_app(page, visit, photo)
     keep.append(context)  # the page stays open (its session live) until the scenario is measured
     return visit
 
 
-async def run_scenario(browser, server: LoadServer, scenario: Scenario, stale: int, timeout_s: float) -> None:
+async def run_scenario(browser, server: LoadServer, scenario: Scenario, stale: int, timeout_s: float, retry: bool) -> None:
     if stale:  # tabs opened and closed just before: their kernels are still there
         opened = await asyncio.gather(*(open_page(browser, server.url, timeout_s) for _ in range(stale)))
         for context, _, _ in opened:
@@ -228,7 +240,7 @@ async def run_scenario(browser, server: LoadServer, scenario: Scenario, stale: i
     keep: list = []
     split_before, start = server.cpu_split(), time.perf_counter()
     scenario.visits = list(await asyncio.gather(
-        *(visitor(browser, server.url, photos[k % len(photos)], timeout_s, keep) for k in range(scenario.visitors))))
+        *(visitor(browser, server.url, photos[k % len(photos)], timeout_s, keep, retry) for k in range(scenario.visitors))))
     scenario.wall_s = time.perf_counter() - start
     scenario.kernels, scenario.kernel_rss_mb, scenario.server_rss_mb = server.memory()
     scenario.db_rows = server.feedback_rows()
@@ -259,7 +271,9 @@ def summary(s: Scenario) -> dict:
             failures[v.outcome] = failures.get(v.outcome, 0) + 1
     return {
         "scenario": s.name, "root": s.root, "visitors": s.visitors, "served": served,
-        "busy": sum(v.outcome == "busy" for v in s.visits), "failed": failures,
+        "busy": sum(v.outcome == "busy" for v in s.visits), "told_to_retry": sum(v.busy_answers > 0 for v in s.visits),
+        "busy_answers": sum(v.busy_answers for v in s.visits), "failed": failures,
+        "first_answer_max_s": max((v.first_answer_s for v in s.visits if v.first_answer_s is not None), default=None),
         "page_ready_p50_s": pct(ready, 0.5), "page_ready_p95_s": pct(ready, 0.95), "page_ready_max_s": max(ready, default=None),
         "upload_to_label_p50_s": pct(labels, 0.5), "upload_to_label_p95_s": pct(labels, 0.95),
         "server_cpu_s": s.cpu_s, "cpu_s_per_visit": s.cpu_s / served if served else None,
@@ -276,18 +290,20 @@ def show(rows: list[dict]) -> None:
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\n{psutil.cpu_count()} CPUs shared with the Chromium load generator (and other work: load average {load})")
-    head = (f"{'scenario':<26} {'root':<10} {'served':>7} {'busy':>5} {'failed':>7} {'ready p50/p95/max s':>20} "
+    head = (f"{'scenario':<26} {'root':<10} {'served':>7} {'retry':>5} {'failed':>7} {'ready p50/p95/max s':>20} "
             f"{'label p50/p95 s':>16} {'CPU-s/visit':>11} {'MB/session':>10} {'rows=clicks':>12}")
     print(head)
     print("-" * len(head))
     for r in rows:
         failed = sum(r["failed"].values())
-        print(f"{r['scenario']:<26} {Path(r['root']).name[:10]:<10} {r['served']:>3}/{r['visitors']:<3} {r['busy']:>5} {failed:>7} "
+        print(f"{r['scenario']:<26} {Path(r['root']).name[:10]:<10} {r['served']:>3}/{r['visitors']:<3} {r['told_to_retry'] + r['busy']:>5} {failed:>7} "
               f"{f(r['page_ready_p50_s']):>6}/{f(r['page_ready_p95_s'])}/{f(r['page_ready_max_s']):<5} "
               f"{f(r['upload_to_label_p50_s'], '.2f'):>7}/{f(r['upload_to_label_p95_s'], '.2f'):<6} "
               f"{f(r['cpu_s_per_visit'], '.2f'):>11} {f(r['mb_per_session'], '.0f'):>10} "
               f"{('yes' if r['one_row_per_click'] else 'NO') + ' (' + str(r['db_rows']) + ')':>12}")
-        print(f"    CPU-s per visit: {f(r['voila_process_cpu_s_per_visit'], '.2f')} in the voila process, the rest in kernels")
+        print(f"    CPU-s per visit: {f(r['voila_process_cpu_s_per_visit'], '.2f')} in the voila process, the rest in kernels; "
+              f"first answer (app or busy page) within {f(r['first_answer_max_s'])} s for every visitor; "
+              f"{r['busy_answers']} busy pages shown; {r['kernels']} kernels, voila process {f(r['server_mb'], '.0f')} MB")
         for outcome, count in r["failed"].items():
             print(f"    {count} x {outcome}")
 
@@ -299,6 +315,7 @@ def main() -> None:
     parser.add_argument("--roots", type=Path, nargs="+", default=[ROOT], help="checkouts to serve from, in turn (before / after)")
     parser.add_argument("--timeout", type=float, default=120, help="seconds a visitor waits at each step before it counts as failed")
     parser.add_argument("--env", nargs="*", default=[], metavar="NAME=VALUE", help="settings for the server (e.g. SMILEKIT_MAX_SESSIONS=20)")
+    parser.add_argument("--no-retry", action="store_true", help="a visitor told to retry gives up (counted as busy) instead of waiting")
     parser.add_argument("--quick", action="store_true", help="a small run: 3 visitors, 3 after 3 closed tabs, 60 s timeout")
     parser.add_argument("--out", type=Path, default=METRICS)
     args = parser.parse_args()
@@ -321,7 +338,7 @@ def main() -> None:
                         try:
                             server.wait_settled(pool=1)
                             scenario = Scenario(name=name, root=str(root), visitors=n)
-                            await run_scenario(browser, server, scenario, stale, args.timeout)
+                            await run_scenario(browser, server, scenario, stale, args.timeout, not args.no_retry)
                         finally:
                             server.stop()
                     rows.append(summary(scenario))

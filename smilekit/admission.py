@@ -2,8 +2,9 @@
 
 Voilà starts one kernel per visitor. ``Sessions`` counts the kernels handed to visitors (pages being
 prepared included; preheated kernels waiting in the pool are not sessions). Above the limit
-(``settings.max_sessions``) a new visitor gets ``busy_page`` at once, with HTTP 503 and Retry-After,
-instead of waiting for a kernel the machine cannot give. At the limit, the kernel of a closed page is
+(``settings.max_sessions``), or while ``settings.max_starting`` pages are being prepared, a new visitor
+gets ``busy_page`` at once, with HTTP 503 and Retry-After, instead of waiting for a kernel the machine
+cannot give yet; the page tries again by itself, so a crowd is served a few at a time. At the limit, the kernel of a closed page is
 shut down to make room first, so tabs closed a moment ago do not turn newcomers away: a page whose
 websocket was connected and has been gone for ``DISCONNECTED_S`` (``watch`` looks every second), or one
 that never connected and has been idle for ``CLOSED_AFTER_S``. A kernel with its page connected is never
@@ -30,8 +31,9 @@ RETRY_AFTER_S = 5
 class Sessions:
     """The visitors' kernels on this server and the pages still being prepared, against ``limit``."""
 
-    def __init__(self, limit: int, closed_after_s: float = CLOSED_AFTER_S):
+    def __init__(self, limit: int, max_starting: int | None = None, closed_after_s: float = CLOSED_AFTER_S):
         self.limit = limit
+        self.max_starting = max_starting or limit
         self.closed_after_s = closed_after_s
         self.preparing = 0
         self.kernels: dict[str, float] = {}  # kernel id -> when its page was served (monotonic)
@@ -52,6 +54,8 @@ class Sessions:
 
     async def admit(self, kernel_manager) -> bool:
         """Take a place for a new visitor if there is one, shutting down a closed page's kernel if that makes one."""
+        if self.preparing >= self.max_starting:
+            return False
         if self.count(kernel_manager) < self.limit:
             self.preparing += 1
             return True

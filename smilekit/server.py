@@ -62,8 +62,8 @@ class AdmittingVoilaHandler(TornadoVoilaHandler):
         sessions: Sessions = self.settings["smilekit_sessions"]
         if not await sessions.admit(self.settings["kernel_manager"]):
             seconds = retry_after()
-            self.log.warning("busy: %d live sessions (limit %d), visitor asked to retry", sessions.count(self.settings["kernel_manager"]),
-                             sessions.limit)
+            self.log.warning("busy: %d live sessions (limit %d), %d pages being prepared (limit %d): visitor asked to retry",
+                             sessions.count(self.settings["kernel_manager"]), sessions.limit, sessions.preparing, sessions.max_starting)
             self.set_status(503)
             self.set_header("Retry-After", str(seconds))
             self.set_header("Content-Type", "text/html; charset=utf-8")
@@ -82,9 +82,10 @@ class SmileKitVoila(Voila):
 
     def init_handlers(self):
         limit = settings.max_sessions()
-        sessions = self.app.settings["smilekit_sessions"] = Sessions(limit)
+        sessions = self.app.settings["smilekit_sessions"] = Sessions(limit, settings.max_starting())
         tornado.ioloop.PeriodicCallback(lambda: sessions.watch(self.kernel_manager), 1000).start()
-        self.log.info("SmileKit admits up to %d live sessions (SMILEKIT_MAX_SESSIONS)", limit)
+        self.log.info("SmileKit admits up to %d live sessions (SMILEKIT_MAX_SESSIONS), %d pages prepared at once "
+                      "(SMILEKIT_MAX_STARTING)", limit, sessions.max_starting)
         return [(rule[0], AdmittingVoilaHandler, *rule[2:]) if rule[1] is TornadoVoilaHandler else rule
                 for rule in super().init_handlers()]
 

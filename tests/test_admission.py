@@ -85,3 +85,11 @@ def test_the_busy_page_says_so_and_tries_again_by_itself():
     assert "SmileKit is busy, try again in a moment" in page
     assert '<meta http-equiv="refresh" content="7">' in page
     assert admission.RETRY_AFTER_S <= admission.retry_after() <= 2 * admission.RETRY_AFTER_S
+
+
+def test_while_enough_pages_are_being_prepared_the_next_visitor_is_asked_to_retry():
+    kernels, sessions = Kernels(), Sessions(limit=10, max_starting=2)
+    assert _admit(sessions, kernels) and _admit(sessions, kernels)
+    assert not _admit(sessions, kernels)
+    sessions.served(kernels.start("a", connections=1))
+    assert _admit(sessions, kernels)  # one page is ready: the next may start

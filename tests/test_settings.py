@@ -54,11 +54,15 @@ def test_models_folder_follows_argument_then_environment_from_the_project_root(m
 def test_session_limit_and_pool_come_from_the_environment_or_the_machine(monkeypatch):
     monkeypatch.delenv("SMILEKIT_MAX_SESSIONS", raising=False)
     monkeypatch.delenv("SMILEKIT_POOL_SIZE", raising=False)
+    monkeypatch.delenv("SMILEKIT_MAX_STARTING", raising=False)
     cores = len(os.sched_getaffinity(0))
     memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
     assert settings.max_sessions() == max(1, min(settings.SESSIONS_PER_CORE * cores,
                                                  (memory_mb - settings.RESERVED_MB) // settings.SESSION_MB))
     assert settings.pool_size() == 1
+    assert settings.max_starting() == settings.STARTING_PER_CORE * cores
+    monkeypatch.setenv("SMILEKIT_MAX_STARTING", "5")
+    assert settings.max_starting() == 5
     monkeypatch.setenv("SMILEKIT_MAX_SESSIONS", "3")
     monkeypatch.setenv("SMILEKIT_POOL_SIZE", "4")
     assert settings.max_sessions() == 3
