@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
@@ -37,7 +38,9 @@ class Kernels:
 
 
 def _admit(sessions, kernels) -> bool:
-    return asyncio.run(sessions.admit(kernels))
+    """``sessions.admit`` run to its end (in a thread of its own: the browser tests' loop may be running in this one)."""
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, sessions.admit(kernels)).result()
 
 
 def test_pages_being_prepared_and_served_pages_take_places_up_to_the_limit():
