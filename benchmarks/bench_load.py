@@ -335,12 +335,17 @@ def main() -> None:
                     root = root.resolve()
                     with tempfile.TemporaryDirectory(prefix="smilekit-load-") as tmp:
                         server = LoadServer(root, Path(tmp), env)
+                        scenario = Scenario(name=name, root=str(root), visitors=n)
                         try:
                             server.wait_settled(pool=1)
-                            scenario = Scenario(name=name, root=str(root), visitors=n)
                             await run_scenario(browser, server, scenario, stale, args.timeout, not args.no_retry)
                         finally:
                             server.stop()
+                            if any(v.outcome not in ("served", "busy") for v in scenario.visits):  # keep what the server said
+                                log = args.out.parent / f"load-{name.replace(' ', '-')}-{root.name}.log"
+                                log.parent.mkdir(parents=True, exist_ok=True)
+                                log.write_bytes(server.log_path.read_bytes())
+                                print(f"server log kept: {log}")
                     rows.append(summary(scenario))
                     show(rows[-1:])
             await browser.close()

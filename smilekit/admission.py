@@ -7,8 +7,9 @@ gets ``busy_page`` at once, with HTTP 503 and Retry-After, instead of waiting fo
 cannot give yet; the page tries again by itself, so a crowd is served a few at a time. At the limit, the kernel of a closed page is
 shut down to make room first, so tabs closed a moment ago do not turn newcomers away: a page whose
 websocket was connected and has been gone for ``DISCONNECTED_S`` (``watch`` looks every second), or one
-that never connected and has been idle for ``CLOSED_AFTER_S``. A kernel with its page connected is never
-touched.
+that never connected within ``PAGE_LOAD_S`` and has been idle as long. A kernel with its page connected is
+never touched, and ``loading`` tells the idle cull to spare a kernel whose page may still be loading (on a
+crowded machine a page can take longer than the cull's 30 s to connect).
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from datetime import datetime, timezone
 
 log = logging.getLogger(__name__)
 
-#: a visitor's kernel with no page connected and no activity for this long belongs to a closed page
-CLOSED_AFTER_S = 10.0
+#: a page handed its kernel this long ago that has never connected is taken for closed (not loading)
+PAGE_LOAD_S = 90.0
 #: a visitor's kernel whose page was connected and has had none for this long belongs to a closed page
 DISCONNECTED_S = 3.0
 #: the busy page asks the browser to try again after this many seconds, plus up to as many again at random
@@ -31,13 +32,23 @@ RETRY_AFTER_S = 5
 class Sessions:
     """The visitors' kernels on this server and the pages still being prepared, against ``limit``."""
 
-    def __init__(self, limit: int, max_starting: int | None = None, closed_after_s: float = CLOSED_AFTER_S):
+    def __init__(self, limit: int, max_starting: int | None = None, closed_after_s: float = PAGE_LOAD_S):
         self.limit = limit
         self.max_starting = max_starting or limit
         self.closed_after_s = closed_after_s
         self.preparing = 0
         self.kernels: dict[str, float] = {}  # kernel id -> when its page was served (monotonic)
         self.last_connected: dict[str, float] = {}  # kernel id -> when its page was last seen connected
+        self.handed: dict[str, float] = {}  # kernel id -> when it was handed to a visitor's page
+
+    def handed_over(self, kernel_id: str) -> None:
+        """A kernel has just been given to a visitor's page (still being prepared)."""
+        self.handed[kernel_id] = time.monotonic()
+
+    def loading(self, kernel_id: str) -> bool:
+        """True while the kernel's page may still be loading: handed over, never seen connected, not for long."""
+        since = self.handed.get(kernel_id)
+        return since is not None and kernel_id not in self.last_connected and time.monotonic() - since < self.closed_after_s
 
     def watch(self, kernel_manager) -> None:
         """Note which visitors' pages are connected now (called every second)."""
@@ -48,7 +59,7 @@ class Sessions:
 
     def count(self, kernel_manager) -> int:
         """Live sessions: visitors' kernels still running, plus pages being prepared."""
-        for kernel_id in [k for k in self.kernels if k not in kernel_manager]:
+        for kernel_id in [k for k in {*self.kernels, *self.handed} if k not in kernel_manager]:
             self._forget(kernel_id)
         return len(self.kernels) + self.preparing
 
@@ -79,7 +90,7 @@ class Sessions:
 
     def closed_pages(self, kernel_manager) -> list[str]:
         """Visitors' kernels whose page has gone: none connected now, and either disconnected for
-        ``DISCONNECTED_S`` or never connected, served and idle for ``closed_after_s``."""
+        ``DISCONNECTED_S`` or never connected, served and idle for ``closed_after_s`` (``PAGE_LOAD_S``)."""
         now, wall_now = time.monotonic(), datetime.now(timezone.utc)
         closed = []
         for kernel_id, served_at in self.kernels.items():
@@ -99,6 +110,7 @@ class Sessions:
     def _forget(self, kernel_id: str) -> None:
         self.kernels.pop(kernel_id, None)
         self.last_connected.pop(kernel_id, None)
+        self.handed.pop(kernel_id, None)
 
 
 def retry_after() -> int:

@@ -25,8 +25,9 @@ class _KernelIdRecorder:
     A kernel handed to a visitor counts as active from that moment: a preheated one may have waited in the
     pool longer than the idle cull's timeout, and would otherwise be culled before its page connects."""
 
-    def __init__(self, kernel_manager):
+    def __init__(self, kernel_manager, sessions: Sessions):
         self._kernel_manager = kernel_manager
+        self._sessions = sessions
         self.kernel_id: str | None = None
 
     def __getattr__(self, name):
@@ -44,6 +45,7 @@ class _KernelIdRecorder:
     def _handed_over(self, kernel_id: str) -> None:
         self.kernel_id = kernel_id
         self._kernel_manager.get_kernel(kernel_id).last_activity = datetime.now(timezone.utc)
+        self._sessions.handed_over(kernel_id)
 
 
 class AdmittingVoilaHandler(TornadoVoilaHandler):
@@ -70,7 +72,7 @@ class AdmittingVoilaHandler(TornadoVoilaHandler):
             self.set_header("Cache-Control", "no-store")
             self.finish(busy_page(seconds))
             return
-        self._recorder = _KernelIdRecorder(self.settings["kernel_manager"])
+        self._recorder = _KernelIdRecorder(self.settings["kernel_manager"], sessions)
         try:
             await super().get(path)
         finally:
@@ -84,10 +86,22 @@ class SmileKitVoila(Voila):
         limit = settings.max_sessions()
         sessions = self.app.settings["smilekit_sessions"] = Sessions(limit, settings.max_starting())
         tornado.ioloop.PeriodicCallback(lambda: sessions.watch(self.kernel_manager), 1000).start()
+        self._spare_loading_pages(sessions)
         self.log.info("SmileKit admits up to %d live sessions (SMILEKIT_MAX_SESSIONS), %d pages prepared at once "
                       "(SMILEKIT_MAX_STARTING)", limit, sessions.max_starting)
         return [(rule[0], AdmittingVoilaHandler, *rule[2:]) if rule[1] is TornadoVoilaHandler else rule
                 for rule in super().init_handlers()]
+
+    def _spare_loading_pages(self, sessions: Sessions) -> None:
+        """The idle cull skips a kernel whose page may still be loading (``Sessions.loading``)."""
+        cull = self.kernel_manager.cull_kernel_if_idle
+
+        async def cull_unless_loading(kernel_id):
+            if sessions.loading(kernel_id):
+                return None
+            return await cull(kernel_id)
+
+        self.kernel_manager.cull_kernel_if_idle = cull_unless_loading
 
 
 def main(argv: list[str] | None = None) -> None:

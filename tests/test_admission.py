@@ -96,3 +96,18 @@ def test_while_enough_pages_are_being_prepared_the_next_visitor_is_asked_to_retr
     assert not _admit(sessions, kernels)
     sessions.served(kernels.start("a", connections=1))
     assert _admit(sessions, kernels)  # one page is ready: the next may start
+
+
+def test_a_kernel_handed_to_a_page_is_spared_by_the_cull_until_its_page_connects_or_the_wait_is_over():
+    kernels, sessions = Kernels(), Sessions(limit=5, closed_after_s=60.0)
+    sessions.handed_over(kernels.start("slow"))
+    assert sessions.loading("slow")
+    kernels.connections["slow"] = 1
+    sessions.preparing += 1
+    sessions.served("slow")
+    sessions.watch(kernels)
+    assert not sessions.loading("slow")  # connected: an ordinary session now
+    sessions.handed_over(kernels.start("abandoned"))
+    sessions.closed_after_s = 0.0
+    assert not sessions.loading("abandoned")
+    assert not sessions.loading("never handed")
