@@ -1,8 +1,9 @@
 """The app's web server: Voilà, with admission control in front of the page (``scripts/serve`` runs it).
 
-``python -m smilekit.server notebooks/app.ipynb [voila options]`` is ``voila`` with two differences:
+``python -m smilekit.server notebooks/app.ipynb [voila options]`` is ``voila`` with three differences:
 the page's handler first asks ``admission.Sessions`` for a place (a busy page with HTTP 503 when there
-is none), and the preheated pool's size defaults to ``settings.pool_size()``.
+is none), the idle cull spares a kernel whose page is still loading, and the preheated pool's size
+defaults to ``settings.pool_size()``.
 """
 from __future__ import annotations
 
