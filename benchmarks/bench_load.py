@@ -260,6 +260,11 @@ def pct(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
+def still_told_to_retry(v: Visit) -> bool:
+    """A visitor who was shown only the busy page until the timeout: answered, not hung."""
+    return v.outcome == "busy" or (v.outcome == "timeout: page" and v.busy_answers > 0)
+
+
 def summary(s: Scenario) -> dict:
     ready = [v.page_ready_s for v in s.visits if v.page_ready_s is not None]
     labels = [v.upload_to_label_s for v in s.visits if v.upload_to_label_s is not None]
@@ -267,11 +272,11 @@ def summary(s: Scenario) -> dict:
     served = sum(v.outcome == "served" for v in s.visits)
     failures: dict[str, int] = {}
     for v in s.visits:
-        if v.outcome not in ("served", "busy"):
+        if v.outcome != "served" and not still_told_to_retry(v):
             failures[v.outcome] = failures.get(v.outcome, 0) + 1
     return {
         "scenario": s.name, "root": s.root, "visitors": s.visitors, "served": served,
-        "busy": sum(v.outcome == "busy" for v in s.visits), "told_to_retry": sum(v.busy_answers > 0 for v in s.visits),
+        "busy": sum(still_told_to_retry(v) for v in s.visits), "told_to_retry": sum(v.busy_answers > 0 for v in s.visits),
         "busy_answers": sum(v.busy_answers for v in s.visits), "failed": failures,
         "first_answer_max_s": max((v.first_answer_s for v in s.visits if v.first_answer_s is not None), default=None),
         "page_ready_p50_s": pct(ready, 0.5), "page_ready_p95_s": pct(ready, 0.95), "page_ready_max_s": max(ready, default=None),
@@ -296,14 +301,15 @@ def show(rows: list[dict]) -> None:
     print("-" * len(head))
     for r in rows:
         failed = sum(r["failed"].values())
-        print(f"{r['scenario']:<26} {Path(r['root']).name[:10]:<10} {r['served']:>3}/{r['visitors']:<3} {r['told_to_retry'] + r['busy']:>5} {failed:>7} "
+        print(f"{r['scenario']:<26} {Path(r['root']).name[:10]:<10} {r['served']:>3}/{r['visitors']:<3} {r['told_to_retry']:>5} {failed:>7} "
               f"{f(r['page_ready_p50_s']):>6}/{f(r['page_ready_p95_s'])}/{f(r['page_ready_max_s']):<5} "
               f"{f(r['upload_to_label_p50_s'], '.2f'):>7}/{f(r['upload_to_label_p95_s'], '.2f'):<6} "
               f"{f(r['cpu_s_per_visit'], '.2f'):>11} {f(r['mb_per_session'], '.0f'):>10} "
               f"{('yes' if r['one_row_per_click'] else 'NO') + ' (' + str(r['db_rows']) + ')':>12}")
         print(f"    CPU-s per visit: {f(r['voila_process_cpu_s_per_visit'], '.2f')} in the voila process, the rest in kernels; "
               f"first answer (app or busy page) within {f(r['first_answer_max_s'])} s for every visitor; "
-              f"{r['busy_answers']} busy pages shown; {r['kernels']} kernels, voila process {f(r['server_mb'], '.0f')} MB")
+              f"{r['busy_answers']} busy pages shown, {r['busy']} visitors still told to retry at the end; "
+              f"{r['kernels']} kernels, voila process {f(r['server_mb'], '.0f')} MB")
         for outcome, count in r["failed"].items():
             print(f"    {count} x {outcome}")
 
