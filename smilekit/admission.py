@@ -50,10 +50,14 @@ class Sessions:
         since = self.handed.get(kernel_id)
         return since is not None and kernel_id not in self.last_connected and time.monotonic() - since < self.closed_after_s
 
+    def connected(self, kernel_id: str) -> None:
+        """A page has just connected to this kernel."""
+        self.last_connected[kernel_id] = time.monotonic()
+
     def watch(self, kernel_manager) -> None:
         """Note which visitors' pages are connected now (called every second)."""
         now = time.monotonic()
-        for kernel_id in list(self.kernels):
+        for kernel_id in {*self.kernels, *self.handed}:
             if kernel_id in kernel_manager and kernel_manager.kernel_model(kernel_id).get("connections", 0):
                 self.last_connected[kernel_id] = now
 

@@ -94,8 +94,13 @@ class SmileKitVoila(Voila):
                 for rule in super().init_handlers()]
 
     def _spare_loading_pages(self, sessions: Sessions) -> None:
-        """The idle cull skips a kernel whose page may still be loading (``Sessions.loading``)."""
-        cull = self.kernel_manager.cull_kernel_if_idle
+        """The idle cull skips a kernel whose page may still be loading (``Sessions.loading``); a page's
+        connection is noted as it happens, so a page closed within a second is not taken for a loading one."""
+        cull, notify_connect = self.kernel_manager.cull_kernel_if_idle, self.kernel_manager.notify_connect
+
+        def noting_connection(kernel_id):
+            sessions.connected(kernel_id)
+            return notify_connect(kernel_id)
 
         async def cull_unless_loading(kernel_id):
             if sessions.loading(kernel_id):
@@ -103,6 +108,7 @@ class SmileKitVoila(Voila):
             return await cull(kernel_id)
 
         self.kernel_manager.cull_kernel_if_idle = cull_unless_loading
+        self.kernel_manager.notify_connect = noting_connection
 
 
 def main(argv: list[str] | None = None) -> None:
