@@ -12,6 +12,9 @@ JupyterLab, the command line); ``SMILEKIT_MODELS_DIR`` is taken from the project
 | ``SMILEKIT_MODEL`` | the checkpoint to serve | the newest in the models folder, else the shipped one |
 | ``SMILEKIT_MODELS_DIR`` | where promoted models go | ``outputs/models/`` |
 | ``SMILEKIT_THREADS`` | inference threads per app kernel | 1 |
+| ``SMILEKIT_POOL_SIZE`` | preheated kernels the server keeps ready | 1 |
+| ``SMILEKIT_MAX_SESSIONS`` | live sessions before new visitors are asked to retry | from cores and memory |
+| ``SMILEKIT_MAX_STARTING`` | pages prepared at once before new visitors are asked to retry | 2 per core |
 """
 from __future__ import annotations
 
@@ -69,3 +72,39 @@ def inference_threads() -> int:
 def served_by_voila() -> bool:
     """True in a kernel that Voilà started for a visitor (or preheated for one)."""
     return "VOILA_BASE_URL" in os.environ
+
+
+#: live sessions a core carries (simultaneous page starts are what loads it; see README, Capacity)
+SESSIONS_PER_CORE = 10
+#: pages prepared at once per core: a page start costs about 1.2 CPU-seconds (kernel, imports, rendering)
+STARTING_PER_CORE = 2
+#: memory kept for a session: about 125 MB at rest, up to about 280 MB while it handles the largest upload
+SESSION_MB = 300
+#: memory kept for the server, the database and the system
+RESERVED_MB = 1024
+
+
+def pool_size() -> int:
+    """Preheated kernels the server keeps ready, the app notebook already run in them (``SMILEKIT_POOL_SIZE``)."""
+    return max(0, int(os.environ.get("SMILEKIT_POOL_SIZE") or 1))
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def max_starting() -> int:
+    """Pages the server prepares at once before asking new visitors to retry (``SMILEKIT_MAX_STARTING``);
+    by default ``STARTING_PER_CORE`` per core, so that a crowd arriving together is served a few at a time
+    instead of every page waiting for all the others."""
+    return max(1, int(os.environ.get("SMILEKIT_MAX_STARTING") or STARTING_PER_CORE * _cores()))
+
+
+def max_sessions() -> int:
+    """Live sessions the server takes before asking new visitors to retry (``SMILEKIT_MAX_SESSIONS``); by
+    default ``SESSIONS_PER_CORE`` per core, fewer if memory holds fewer ``SESSION_MB`` sessions, at least 1."""
+    if os.environ.get("SMILEKIT_MAX_SESSIONS"):
+        return max(1, int(os.environ["SMILEKIT_MAX_SESSIONS"]))
+    cores = _cores()
+    memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    return max(1, min(SESSIONS_PER_CORE * cores, (memory_mb - RESERVED_MB) // SESSION_MB))

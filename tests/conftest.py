@@ -31,6 +31,7 @@ def load_benchmark(name: str):
     """Import ``benchmarks/<name>.py`` (a script folder, not a package) as a module."""
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses (and pickling) look their module up there
     spec.loader.exec_module(module)
     return module
 

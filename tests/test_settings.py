@@ -1,6 +1,7 @@
 """Settings from the environment: each read when asked for, with defaults inside the project."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from smilekit import settings
@@ -48,3 +49,23 @@ def test_models_folder_follows_argument_then_environment_from_the_project_root(m
     assert default_model_path() == SHIPPED_MODEL  # nothing promoted yet
     (tmp_path / "promoted" / "new.pt").write_bytes(b"x")
     assert default_model_path() == tmp_path / "promoted" / "new.pt"  # the app serves what was promoted there
+
+
+def test_session_limit_and_pool_come_from_the_environment_or_the_machine(monkeypatch):
+    monkeypatch.delenv("SMILEKIT_MAX_SESSIONS", raising=False)
+    monkeypatch.delenv("SMILEKIT_POOL_SIZE", raising=False)
+    monkeypatch.delenv("SMILEKIT_MAX_STARTING", raising=False)
+    cores = len(os.sched_getaffinity(0))
+    memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    assert settings.max_sessions() == max(1, min(settings.SESSIONS_PER_CORE * cores,
+                                                 (memory_mb - settings.RESERVED_MB) // settings.SESSION_MB))
+    assert settings.pool_size() == 1
+    assert settings.max_starting() == settings.STARTING_PER_CORE * cores
+    monkeypatch.setenv("SMILEKIT_MAX_STARTING", "5")
+    assert settings.max_starting() == 5
+    monkeypatch.setenv("SMILEKIT_MAX_SESSIONS", "3")
+    monkeypatch.setenv("SMILEKIT_POOL_SIZE", "4")
+    assert settings.max_sessions() == 3
+    assert settings.pool_size() == 4
+    monkeypatch.setenv("SMILEKIT_MAX_SESSIONS", "0")
+    assert settings.max_sessions() == 1  # a server that admits nobody would be a broken one

@@ -202,7 +202,7 @@ def server(request, tmp_path_factory):
     model = dev_model(request, tmp_path_factory)
     served = VoilaServer(tmp_path_factory.mktemp("voila-state"), model)
     served.process = psutil.Process(served.proc.pid)  # scripts/serve execs Voilà: the server itself, not its kernels
-    assert "voila" in " ".join(served.process.cmdline())
+    assert "smilekit.server" in " ".join(served.process.cmdline())
     with urllib.request.urlopen(served.url, timeout=60) as response:
         served.kernel_id = re.search(r'"kernelId": "([0-9a-f-]{36})"', response.read().decode()).group(1)
     yield served
