@@ -39,8 +39,8 @@ from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_app beside this file, also when imported by a test
-from bench_app import CHROMIUM_ARGS, free_port  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the launcher helpers the tests use
+from helpers import CHROMIUM_ARGS, free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("SMILEKIT_TEST_DATA", ROOT.parent / "shared" / "data")) / "celeba-subset" / "img"

@@ -6,13 +6,14 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
 
-from helpers import (CHROMIUM, CHROMIUM_ARGS, COLLAGE_IDS, ROOT, VoilaServer, free_port,  # noqa: F401 - for tests
+from helpers import (CHROMIUM, CHROMIUM_ARGS, COLLAGE_IDS, ROOT, START_TIMEOUT_S, VoilaServer, free_port,  # noqa: F401 - for tests
                      group_photo, make_collage)
 
 SHARED_DATA = Path(os.environ.get("SMILEKIT_TEST_DATA", ROOT.parent / "shared" / "data"))
@@ -147,6 +148,17 @@ def upload(page, paths) -> None:
     with page.expect_file_chooser() as chooser:
         page.click(".smilekit-upload")
     chooser.value.set_files([str(p) for p in paths])
+
+
+def judge_one_face(page, photo) -> None:
+    """Upload ``photo`` (one face) on an open app page, click Correct on its card and wait until it is saved."""
+    from playwright.sync_api import expect
+
+    upload(page, [photo])
+    card = page.locator(".smilekit-face")
+    expect(card).to_have_count(1)
+    card.locator(".smilekit-correct").click()
+    expect(card).to_contain_text("Saved: correct")
 
 
 def new_pg_database(postgres_server: str) -> str:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import VoilaServer, kernel_process, open_app, page_kernel_id, upload
+from conftest import VoilaServer, judge_one_face, kernel_process, open_app, page_kernel_id, upload
 
 from smilekit.admission import DISCONNECTED_S, RETRY_AFTER_S
 
@@ -65,9 +65,5 @@ def test_a_visitor_beyond_the_limit_is_asked_to_retry_and_gets_the_app_when_a_pl
     while kernel_process(one_place, first_kernel) is not None and time.monotonic() - closed < WAIT_S:
         time.sleep(1)  # shut down to make room, or by the idle cull if the probe's place came free first
     assert kernel_process(one_place, first_kernel) is None
-    upload(second, [celeba_dir / "img" / "0.jpg"])
-    card = second.locator(".smilekit-face")
-    expect(card).to_have_count(1)
-    card.locator(".smilekit-correct").click()
-    expect(card).to_contain_text("Saved: correct")
+    judge_one_face(second, celeba_dir / "img" / "0.jpg")
     second.close()

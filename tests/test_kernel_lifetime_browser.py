@@ -8,7 +8,7 @@ import urllib.request
 import psutil
 import pytest
 
-from conftest import ROOT, kernel_process, open_app, page_kernel_id, upload
+from conftest import ROOT, judge_one_face, kernel_process, open_app, page_kernel_id
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -39,7 +39,6 @@ def test_the_container_health_check_starts_no_kernel(server):
 
 def test_closed_pages_release_their_kernels_and_open_ones_keep_theirs(browser, server, celeba_dir):
     """With scripts/serve's shipped settings (the module's server)."""
-    from playwright.sync_api import expect
 
     kept, closed = open_app(browser, server, 1280), open_app(browser, server, 1280)
     kept_kernel, closed_kernel = page_kernel_id(kept), page_kernel_id(closed)
@@ -54,9 +53,5 @@ def test_closed_pages_release_their_kernels_and_open_ones_keep_theirs(browser, s
 
     time.sleep(2 * CULL_INTERVAL_S)  # the open page has now been idle past the cull time, and two more checks
     assert kernel_process(server, kept_kernel) is not None, "the open page's kernel was shut down"
-    upload(kept, [celeba_dir / "img" / "0.jpg"])
-    card = kept.locator(".smilekit-face")
-    expect(card).to_have_count(1)
-    card.locator(".smilekit-correct").click()
-    expect(card).to_contain_text("Saved: correct")
+    judge_one_face(kept, celeba_dir / "img" / "0.jpg")
     kept.close()

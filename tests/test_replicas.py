@@ -18,11 +18,10 @@ from types import SimpleNamespace
 
 import psutil
 import pytest
-from sqlalchemy.engine import make_url
 
 from smilekit.feedback import FeedbackStore
 from smilekit.runtime import SHIPPED_MODEL, export_paths
-from conftest import ROOT, START_TIMEOUT_S, UI_TIMEOUT_MS, free_port, kernel_process, open_app, page_kernel_id, upload
+from conftest import ROOT, START_TIMEOUT_S, UI_TIMEOUT_MS, free_port, kernel_process, new_pg_database, open_app, page_kernel_id, upload
 
 #: new visitors opened at most until nginx has placed one on each replica (placement is random: all 10 land on one replica about once in 500 runs)
 MAX_VISITORS = 10
@@ -46,18 +45,6 @@ def next_model_version(source: Path, folder: Path) -> tuple[Path, str]:
 
 def shipped_version() -> str:
     return json.loads(export_paths(SHIPPED_MODEL)[1].read_text())["version"]
-
-
-def _new_database(server_url: str, name: str) -> str:
-    import psycopg2
-
-    url = make_url(server_url)
-    conn = psycopg2.connect(host=url.host, port=url.port, user=url.username, dbname="postgres")
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-    conn.close()
-    return url.set(database=name).render_as_string(hide_password=False)
 
 
 def _wait_for(url: str, proc: subprocess.Popen, log: Path) -> None:
@@ -85,7 +72,7 @@ def replicas(postgres_server, tmp_path_factory):
     models = state / "models"
     models.mkdir()
     port, replica_ports = free_port(), [free_port(), free_port()]
-    env = dict(os.environ, SMILEKIT_DB_URL=_new_database(postgres_server, "replicas_test"), SMILEKIT_MODELS_DIR=str(models),
+    env = dict(os.environ, SMILEKIT_DB_URL=new_pg_database(postgres_server), SMILEKIT_MODELS_DIR=str(models),
                SMILEKIT_VENV=str(Path(sys.executable).parent.parent),
                # a preheated kernel idle past the cull timeout is culled right after a visitor takes it (before the
                # page connects): not this test's subject, so nothing is culled here
