@@ -26,21 +26,18 @@ import asyncio
 import json
 import math
 import os
-import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the launcher helpers the tests use
-from helpers import CHROMIUM_ARGS, free_port  # noqa: E402
+from helpers import CHROMIUM_ARGS, VoilaServer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("SMILEKIT_TEST_DATA", ROOT.parent / "shared" / "data")) / "celeba-subset" / "img"
@@ -77,44 +74,15 @@ class Scenario:
     wall_s: float = 0.0
 
 
-class LoadServer:
-    """``scripts/serve`` of checkout ``root`` on a free port, with a temporary database and Jupyter state."""
+class LoadServer(VoilaServer):
+    """``scripts/serve`` of checkout ``root`` on a free port, with a temporary database and Jupyter state, and the
+    figures of its process tree. Counts as started when a static file answers, so no kernel is taken for it."""
 
     def __init__(self, root: Path, state: Path, env: dict[str, str] | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
+        super().__init__(state, None, {"SMILEKIT_MODELS_DIR": str(state / "models"), **(env or {})}, root=root,
+                         ready_path="voila/static/favicon.ico")
         self.db = state / "feedback.db"
-        full = dict(os.environ, SMILEKIT_PORT=str(self.port), SMILEKIT_DB_URL=f"sqlite:///{self.db}",
-                    SMILEKIT_MODELS_DIR=str(state / "models"), SMILEKIT_VENV=str(Path(sys.executable).parent.parent),
-                    PYTHONPATH=str(root))
-        for var in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR"):
-            (state / var).mkdir(exist_ok=True)
-            full[var] = str(state / var)
-        full.update(env or {})
-        self.log_path = state / "voila.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen([str(root / "scripts" / "serve")], cwd=root, env=full, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
         self.process = psutil.Process(self.proc.pid)
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(self.url + "voila/static/favicon.ico", timeout=5):
-                    break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the server did not start: {self.log_path.read_text()[-2000:]}")
-                time.sleep(0.3)
-
-    def kernels(self) -> list[psutil.Process]:
-        found = []
-        for child in self.process.children(recursive=True):
-            try:
-                if "ipykernel" in " ".join(child.cmdline()):
-                    found.append(child)
-            except psutil.NoSuchProcess:
-                continue
-        return found
 
     def wait_settled(self, pool: int, timeout_s: float = 120) -> None:
         """Until the preheated pool is up and the server has been quiet (< 0.2 CPU-s per second) for 2 s."""
@@ -156,17 +124,6 @@ class LoadServer:
     def feedback_rows(self) -> int:
         with sqlite3.connect(self.db) as conn:
             return conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
-
-    def stop(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        except ProcessLookupError:
-            pass
-        self._log.close()
 
 
 async def open_page(browser, url: str, timeout_s: float, retry: bool = True):
@@ -346,11 +303,11 @@ def main() -> None:
                             server.wait_settled(pool=1)
                             await run_scenario(browser, server, scenario, stale, args.timeout, not args.no_retry)
                         finally:
-                            server.stop()
+                            server.close()
                             if any(v.outcome not in ("served", "busy") for v in scenario.visits):  # keep what the server said
                                 log = args.out.parent / f"load-{name.replace(' ', '-')}-{root.name}.log"
                                 log.parent.mkdir(parents=True, exist_ok=True)
-                                log.write_bytes(server.log_path.read_bytes())
+                                log.write_bytes(server.log.read_bytes())
                                 print(f"server log kept: {log}")
                     rows.append(summary(scenario))
                     show(rows[-1:])

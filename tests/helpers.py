@@ -64,16 +64,22 @@ class VoilaServer:
     """``scripts/serve`` on a free loopback port with its own database and Jupyter state.
 
     ``model`` None serves the app's default model. ``env`` adds or overrides settings (for example
-    ``SMILEKIT_DB_URL`` or ``SMILEKIT_PREHEAT``). Raises RuntimeError if it does not start. ``url``, ``db_url``,
-    ``log`` (the server's output file) and ``proc`` (the process group leader) are public.
+    ``SMILEKIT_DB_URL`` or ``SMILEKIT_PREHEAT``). ``root``: the checkout whose ``scripts/serve`` and package
+    run (another tree's, to compare versions). ``ready_path``: what must answer 200 before the server counts as
+    started (the app's page by default, which takes a kernel; a static file takes none). Raises RuntimeError if
+    it does not start. ``url``, ``db_url``, ``log`` (the server's output file) and ``proc`` (the process group
+    leader) are public.
     """
 
-    def __init__(self, state: Path, model: Path | None, env: dict[str, str] | None = None):
+    def __init__(self, state: Path, model: Path | None, env: dict[str, str] | None = None, root: Path = ROOT,
+                 ready_path: str = ""):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.db_url = f"sqlite:///{state / 'feedback.db'}"
         full_env = dict(os.environ, SMILEKIT_PORT=str(self.port), SMILEKIT_DB_URL=self.db_url,
                         SMILEKIT_VENV=str(Path(sys.executable).parent.parent))
+        if root != ROOT:  # that tree's package, not the one installed from this checkout
+            full_env["PYTHONPATH"] = str(root)
         if model is not None:  # else the app's own choice (promoted, else shipped model)
             full_env.update(SMILEKIT_MODEL=str(model), SMILEKIT_MODELS_DIR=str(state / "models"))
         for var in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR"):
@@ -83,14 +89,14 @@ class VoilaServer:
         self.db_url = full_env["SMILEKIT_DB_URL"]
         self.log = state / "voila.log"
         self._log_file = self.log.open("wb")
-        self.proc = subprocess.Popen([str(ROOT / "scripts" / "serve")], cwd=ROOT, env=full_env, stdout=self._log_file,
+        self.proc = subprocess.Popen([str(root / "scripts" / "serve")], cwd=root, env=full_env, stdout=self._log_file,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"Voilà exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
             try:
-                with urllib.request.urlopen(self.url, timeout=5) as response:
+                with urllib.request.urlopen(self.url + ready_path, timeout=5) as response:
                     if response.status == 200:
                         break
             except OSError:
@@ -104,7 +110,14 @@ class VoilaServer:
         """The kernel processes under the server (psutil)."""
         import psutil
 
-        return [p for p in psutil.Process(self.proc.pid).children(recursive=True) if "ipykernel" in " ".join(p.cmdline())]
+        found = []
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            try:
+                if "ipykernel" in " ".join(child.cmdline()):
+                    found.append(child)
+            except psutil.NoSuchProcess:  # ended while we looked
+                continue
+        return found
 
     def close(self) -> None:
         try:
