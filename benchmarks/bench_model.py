@@ -46,8 +46,7 @@ def interval_text(interval) -> str:
 
 def with_groups(out: dict, labels, probs, samples) -> dict:
     """Add accuracy's 95 % interval and accuracy by ``male`` and by head pose where the samples have them."""
-    right = int(((np.asarray(probs) >= 0.5) == np.asarray(labels).astype(bool)).sum())
-    out["accuracy_interval"] = interval_text(metrics.proportion_interval(right, len(labels)))
+    out["accuracy_interval"] = interval_text(metrics.proportion_interval(int(metrics.correct(labels, probs).sum()), len(labels)))
     for attribute, names in (("male", {1: "male", 0: "not male"}), ("pose", POSES)):
         values = np.array([getattr(s, attribute) for s in samples], dtype=object)
         if len(values) and not any(v is None for v in values):

@@ -116,7 +116,7 @@ def markdown_table(rows: list[dict], digits: int = 4) -> str:
 def worst_mistakes(evaluation: Evaluation, k: int = 12) -> np.ndarray:
     """Indices of the ``k`` wrong answers given with the highest confidence, worst first."""
     prob = evaluation.probabilities
-    wrong = np.flatnonzero((prob >= evaluation.threshold) != evaluation.labels.astype(bool))
+    wrong = np.flatnonzero(~metrics.correct(evaluation.labels, prob, evaluation.threshold))
     confidence = np.abs(prob[wrong] - evaluation.threshold)
     return wrong[np.argsort(-confidence, kind="stable")][:k]
 

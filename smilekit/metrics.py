@@ -4,9 +4,13 @@ from __future__ import annotations
 import numpy as np
 
 
+def correct(y_true, y_prob, threshold=0.5) -> np.ndarray:
+    """Per face, whether the answer at ``threshold`` matches the label (booleans)."""
+    return (np.asarray(y_prob) >= threshold) == np.asarray(y_true).astype(bool)
+
+
 def accuracy(y_true, y_prob, threshold=0.5) -> float:
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_prob) >= threshold
-    return float((y_pred == y_true.astype(bool)).mean()) if len(y_true) else float("nan")
+    return float(correct(y_true, y_prob, threshold).mean()) if len(y_true) else float("nan")
 
 
 def confusion_matrix(y_true, y_prob, threshold=0.5) -> np.ndarray:
@@ -69,12 +73,10 @@ def proportion_interval(successes: int, n: int, level: float = 0.95) -> tuple[fl
 def per_group_accuracy(y_true, y_prob, groups, threshold=0.5) -> dict:
     """Accuracy, count and 95 % interval of the accuracy for each value of ``groups`` (e.g. CelebA's ``male``)."""
     y_true, y_prob, groups = np.asarray(y_true), np.asarray(y_prob), np.asarray(groups)
-    result = {}
+    right, result = correct(y_true, y_prob, threshold), {}
     for g in np.unique(groups):
-        mask = groups == g
-        right = int(((y_prob[mask] >= threshold) == y_true[mask].astype(bool)).sum())
-        result[g.item() if hasattr(g, "item") else g] = {"n": int(mask.sum()), "accuracy": right / int(mask.sum()),
-                                                           "interval": proportion_interval(right, int(mask.sum()))}
+        n, hits = int((groups == g).sum()), int(right[groups == g].sum())
+        result[g.item() if hasattr(g, "item") else g] = {"n": n, "accuracy": hits / n, "interval": proportion_interval(hits, n)}
     return result
 
 
@@ -121,10 +123,9 @@ def at_prior(y_prob, prior: float) -> np.ndarray:
 
 def group_gap_interval(y_true, y_prob, groups, level: float = 0.95, rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
     """Bootstrap interval of the accuracy gap (group 1 minus group 0), resampling within each group."""
-    y_true, groups = np.asarray(y_true).astype(bool), np.asarray(groups)
-    correct = (np.asarray(y_prob) >= 0.5) == y_true
+    right, groups = correct(y_true, y_prob), np.asarray(groups)
     rng = np.random.default_rng(seed)
-    per_group = [correct[groups == g] for g in (0, 1)]
+    per_group = [right[groups == g] for g in (0, 1)]
     draws = [rng.choice(c, size=(rounds, len(c))).mean(axis=1) for c in per_group]
     gaps = draws[1] - draws[0]
     tail = (1 - level) / 2
