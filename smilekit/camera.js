@@ -144,15 +144,16 @@ function render({ model, el }) {
         overlay.appendChild(box);
       }
       const p = Math.min(1, Math.max(0, Number(face.p) || 0));
+      const smiling = face.smiling === true;  // the model's answer, at its own threshold (as on the cards)
       const x = mirrored ? 1 - face.x - face.w : face.x;
       Object.assign(box.style, { left: `${x * 100}%`, top: `${face.y * 100}%`, width: `${face.w * 100}%`, height: `${face.h * 100}%` });
-      box.classList.toggle("smilekit-live-smiling", p >= 0.5);
+      box.classList.toggle("smilekit-live-smiling", smiling);
       const meter = box.firstChild;
       meter.dataset.probability = p.toFixed(4);
       meter.dataset.frame = String(answer.frames);
       meter.dataset.latencyMs = latency.toFixed(0);
       meter.firstChild.style.width = `${p * 100}%`;
-      meter.lastChild.textContent = `${p >= 0.5 ? "Smiling" : "Not smiling"} ${Math.round(p * 100)}%`;
+      meter.lastChild.textContent = `${smiling ? "Smiling" : "Not smiling"} ${Math.round(p * 100)}%`;
     });
     if (!faces.length && !message.classList.contains("smilekit-camera-error")) say(answer.note || "No face in view.");
     else if (faces.length && !message.classList.contains("smilekit-camera-error")) say("");

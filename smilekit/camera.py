@@ -24,7 +24,7 @@ from PIL import Image
 from . import faces
 from .images import fitted_size
 from .predict import Predictor
-from .runtime import INPUT_SIZE
+from .runtime import DEFAULT_THRESHOLD, INPUT_SIZE
 
 log = logging.getLogger("smilekit.ui")  # the app's logger: it writes to the server's log, never to the page
 
@@ -38,9 +38,6 @@ MAX_FRAME_PIXELS = 1920 * 1920
 MAX_CAPTURE_BYTES = 12 << 20
 #: at most one picture per this many seconds (the shutter, the button, or a crafted page)
 MIN_CAPTURE_INTERVAL_S = 1.0
-#: a face counts as smiling from this calibrated probability, as on the cards
-SMILING = 0.5
-
 SHUTTER_CHOICES = [("Smile shutter: off", "off"), ("Take the picture when everyone smiles", "all")] + [
     (f"Take the picture when {n} face{'s' if n > 1 else ''} smile{'' if n > 1 else 's'}", str(n)) for n in range(1, 6)]
 
@@ -51,17 +48,19 @@ class FrameError(ValueError):
 
 @dataclass
 class LiveFace:
-    """One face in a frame: its box as fractions of the frame (x, y, w, h) and its probability of smiling."""
+    """One face in a frame: its box as fractions of the frame (x, y, w, h), its probability of smiling and the
+    model's answer (the probability against the model's own threshold, as on the cards)."""
 
     x: float
     y: float
     w: float
     h: float
     probability: float
+    smiling: bool
 
     def to_message(self) -> dict:
         return {"x": round(self.x, 4), "y": round(self.y, 4), "w": round(self.w, 4), "h": round(self.h, 4),
-                "p": round(self.probability, 4)}
+                "p": round(self.probability, 4), "smiling": self.smiling}
 
 
 def read_frame(data) -> Image.Image:
@@ -100,21 +99,25 @@ class LiveFaces:
         crops = [faces.model_crop(gray, box, INPUT_SIZE) for box in boxes]
         probabilities = self.predictor.predict_proba(crops)
         width, height = gray.size
-        return [LiveFace(b.x / width, b.y / height, b.w / width, b.h / height, float(p)) for b, p in zip(boxes, probabilities)]
+        threshold = self.predictor.threshold
+        return [LiveFace(b.x / width, b.y / height, b.w / width, b.h / height, float(p), bool(p >= threshold))
+                for b, p in zip(boxes, probabilities)]
 
 
 class SmileShutter:
-    """When to take the picture: ``"off"``, ``"all"`` (every face in view smiles) or a number of smiling faces."""
+    """When to take the picture: ``"off"``, ``"all"`` (every face in view smiles) or a number of smiling faces.
 
-    def __init__(self, mode: str = "off"):
-        self.mode = mode
+    A face smiles from ``threshold`` (the model's own, see :attr:`smilekit.predict.Predictor.threshold`)."""
+
+    def __init__(self, mode: str = "off", threshold: float = DEFAULT_THRESHOLD):
+        self.mode, self.threshold = mode, threshold
 
     @property
     def armed(self) -> bool:
         return self.mode != "off"
 
     def fires(self, probabilities) -> bool:
-        smiling = sum(p >= SMILING for p in probabilities)
+        smiling = sum(p >= self.threshold for p in probabilities)
         if self.mode == "off" or not len(probabilities):
             return False
         if self.mode == "all":
@@ -155,8 +158,8 @@ class CameraView:
 
     def __init__(self, on_capture: Callable[[bytes], None], predictor: Predictor | None = None):
         self.on_capture = on_capture
-        self.live = LiveFaces(predictor) if predictor is not None else None
         self.shutter = SmileShutter()
+        self.set_predictor(predictor)
         self.frames = 0  # frames answered since the page opened
         self.pending_capture: int | None = None  # the frame the shutter asked for
         self.last_capture = -MIN_CAPTURE_INTERVAL_S
@@ -172,6 +175,7 @@ class CameraView:
 
     def set_predictor(self, predictor: Predictor | None) -> None:
         self.live = LiveFaces(predictor) if predictor is not None else None
+        self.shutter.threshold = predictor.threshold if predictor is not None else DEFAULT_THRESHOLD
 
     # -- user actions ----------------------------------------------------------------
 

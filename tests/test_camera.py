@@ -106,6 +106,21 @@ def test_view_answers_frames_and_the_shutter_fires_once(predictor, frames, monke
     assert view.handle_capture(None, True, b"button") and taken[-1] == b"button"
 
 
+def test_meter_label_and_shutter_decide_with_the_models_own_threshold(predictor, frames, model_path, tmp_path):
+    from smilekit.model import load_checkpoint, save_checkpoint
+
+    p = camera.CameraView(on_capture=lambda data: None, predictor=predictor).handle_frame(1, frames[True])["faces"][0]["p"]
+    model, meta = load_checkpoint(model_path)  # the same weights, deciding "smiling" only above this face's probability
+    save_checkpoint(tmp_path / "strict.pt", model, meta["arch"], meta["arch_kwargs"], temperature=meta["temperature"],
+                    threshold=p + (1 - p) / 2)
+    for model_predictor, smiling in ((predictor, True), (Predictor(tmp_path / "strict.pt"), False)):
+        view = camera.CameraView(on_capture=lambda data: None, predictor=model_predictor)
+        view.set_shutter("all")
+        answer = view.handle_frame(1, frames[True])
+        assert answer["faces"][0]["p"] == pytest.approx(p, abs=1e-4)
+        assert answer["faces"][0]["smiling"] is smiling and answer["capture"] is smiling
+
+
 def test_bad_frames_and_crafted_messages_get_an_answer_or_nothing(predictor, frames, monkeypatch, caplog):
     view = camera.CameraView(on_capture=lambda data: pytest.fail("nothing asked for a picture"), predictor=predictor)
     sent = Sent()
