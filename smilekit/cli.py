@@ -65,10 +65,12 @@ def cmd_evaluate(args) -> int:
 
 def cmd_train(args) -> int:
     from .data import LOADERS
+    from .devices import DEVICES
     from .model import ARCHITECTURES
     from .train import TrainConfig, train
 
-    for option, value, known in [("--datasets", d, LOADERS) for d in args.datasets or ()] + [("--arch", args.arch, ARCHITECTURES)]:
+    checks = [("--datasets", d, LOADERS) for d in args.datasets or ()] + [("--arch", args.arch, ARCHITECTURES), ("--device", args.device, DEVICES)]
+    for option, value, known in checks:
         if value is not None and value not in known:  # checked here, not by argparse: the lists live in torch modules
             args.parser.error(f"argument {option}: invalid choice: {value!r} (choose from {', '.join(sorted(known))})")
     given = {key: getattr(args, key) for key in ("data_root", "arch", "epochs", "batch_size", "lr", "seed", "out", "limit",
@@ -137,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="at most this many images per dataset and split")
     p.add_argument("--out", help="checkpoint to write")
     p.add_argument("--resume", action="store_true", help="continue from OUT's .last.pt")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="where to train (default cpu; auto: a GPU if present)")
+    p.add_argument("--device", help="cpu, cuda, mps or auto: a GPU if present (default cpu)")
     p.add_argument("--source-balance", choices=("equal", "size"),
                    help="each dataset's share of the draws: equal (default), or its share of the images")
     p.add_argument("--draws-per-epoch", type=int, help="faces drawn per epoch (default: the training set's size)")

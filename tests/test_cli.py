@@ -146,3 +146,9 @@ def test_evaluate_on_photos_does_not_import_torch(model_path, smilesmiled_dir, t
     result, imported = _imported("evaluate", tmp_path, "--crops", "--json")
     assert result.returncode == 0 and json.loads(result.stdout)["n"] == 10
     assert "smilekit.evaluate" in imported and "torch" not in imported
+
+
+def test_train_command_refuses_an_unknown_device(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--device", "tpu"])
+    assert exit_info.value.code == 2 and "--device: invalid choice: 'tpu'" in capsys.readouterr().err
