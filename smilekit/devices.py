@@ -31,9 +31,12 @@ class Workers:
     """The training processes started by ``torchrun`` (or just this one)."""
 
     def __init__(self, device: torch.device):
-        self.device = device
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
+        #: this worker's device: under torchrun each worker of a machine has its own GPU (LOCAL_RANK)
+        self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if device.type == "cuda" and self.world > 1 else device
+        if self.device.type == "cuda" and self.world > 1:
+            torch.cuda.set_device(self.device)
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
@@ -46,7 +49,7 @@ class Workers:
         """The model whose backward pass averages gradients over the workers."""
         if self.world == 1:
             return model
-        return torch.nn.parallel.DistributedDataParallel(model)
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def share(self, flag: bool) -> bool:
         """The main worker's ``flag``, on every worker (e.g. "stop early")."""

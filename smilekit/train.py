@@ -167,8 +167,8 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     """Train, keep the best epoch, calibrate on validation, test, write the checkpoint; returns a report."""
     seed_everything(config.seed)
     torch.set_num_threads(config.threads)
-    device = pick_device(config.device)
-    workers = Workers(device)
+    workers = Workers(pick_device(config.device))
+    device = workers.device
     progress = progress and workers.is_main
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
