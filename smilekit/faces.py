@@ -20,11 +20,13 @@ photos, CelebA training photos and SMILEsmileD crops all look alike.
 Group photos: the chain above runs on a copy reduced to :data:`DETECT_MAX_SIDE` and stops at the first
 detector that finds anything, which suits one large face. Photos whose long side is above
 :data:`GROUP_SEARCH_MIN_SIDE` are also searched for every face down to :data:`GROUP_MIN_FACE` pixels at their
-full resolution (``detail``, a greyscale copy up to 3,072 px, see :func:`smilekit.images.load_photo`): Haar
-on overlapping tiles, one octave of face sizes per level of a halving pyramid (tiles keep OpenCV's working
-memory small: Haar on a whole 2,667 x 2,000 photo took ~290 MB), each new face confirmed by dlib HOG or the
-alt2 cascade on a close-up of it (Haar alone puts several false boxes on textured 12 MP backgrounds). These
-faces are added to the chain's; the chain's own boxes, and so single-face photos, are unchanged.
+full resolution (``detail``, a greyscale copy up to 3,072 px, see :func:`smilekit.images.load_photo`): dlib
+HOG on the finest level for faces of about 70 px and more there, then Haar (frontal, alt2, and on the finest
+level the profile cascade both ways) on overlapping tiles, one octave of face sizes per level of a halving
+pyramid (tiles keep OpenCV's working memory small: Haar on a whole 2,667 x 2,000 photo took ~290 MB), each new
+face confirmed by dlib HOG or the alt2 cascade on a close-up of it (Haar alone puts several false boxes on
+textured 12 MP backgrounds). These faces are added to the chain's; the chain's own boxes, and so single-face
+photos, are unchanged.
 Measured with ``benchmarks/bench_groups.py``.
 """
 from __future__ import annotations
