@@ -248,11 +248,9 @@ def _tiled_hog(gray: np.ndarray) -> list[Box]:
             for left, top, tile in _tiles(gray, HOG_TILE_OVERLAP, HOG_TILE) for b in _hog_boxes(tile, upsample=0)]
 
 
-def _pyramid(source: np.ndarray, min_face: float) -> list[tuple[np.ndarray, float]]:
-    """(level, scale) from the finest level, where ``min_face`` pixels of ``source`` become HAAR_WINDOW, halving
-    until a level fits in one tile."""
-    scale = min(1.0, HAAR_WINDOW / min_face)
-    levels = [(_resized(source, scale), scale)]
+def _pyramid(finest: np.ndarray, scale: float) -> list[tuple[np.ndarray, float]]:
+    """(level, scale) from ``finest`` (``scale`` times the photo) halving until a level fits in one tile."""
+    levels = [(finest, scale)]
     while max(levels[-1][0].shape) > GROUP_TILE + GROUP_LEVEL_MAX_FACE + 8:
         levels.append((_resized(levels[-1][0], 0.5), levels[-1][1] * 0.5))
     return levels
@@ -327,17 +325,17 @@ GROUP_TRIES = 3
 def _group_faces(source: np.ndarray, min_face: float) -> list[Box]:
     """Faces of at least ``min_face`` pixels anywhere in ``source``, confirmed, in its pixels.
 
-    dlib HOG's faces on the finest level come first; they are then blanked out of that level, where the
-    cascades' small windows would otherwise spend most of their time inside them (measured on a scene of
-    30 faces 200 px wide: the profile cascade 3.4 -> 1.9 CPU-s). Overlapping Haar candidates are one
-    face: tried most detections first (a lenient cascade also puts boxes twice too large around a small
-    face), and the confirming detector's box is kept.
+    The finest level shows ``min_face`` pixels as HAAR_WINDOW. dlib HOG's faces there come first; they are
+    then blanked out before the cascades search every level, whose small windows would otherwise spend most
+    of their time inside them (measured on a scene of 30 faces 200 px wide: the profile cascade 3.4 -> 1.9
+    CPU-s). Overlapping Haar candidates are one face: tried most detections first (a lenient cascade also
+    puts boxes twice too large around a small face), and the confirming detector's box is kept.
     """
-    levels = _pyramid(source, min_face)
-    finest, scale = levels[0]
+    scale = min(1.0, HAAR_WINDOW / min_face)
+    finest = _resized(source, scale)
     hog = (_confirmed(source, b.scaled(1 / scale)) for b in _tiled_hog(finest))
     faces = [f for f in hog if f is not None]
-    levels[0] = (_without(finest, [f.scaled(scale) for f in faces]), scale)
+    levels = _pyramid(_without(finest, [f.scaled(scale) for f in faces]), scale)
     clusters: list[list[Box]] = []
     for box, _ in sorted(_haar_candidates(levels), key=lambda c: -c[1]):
         if any(_overlaps(box, f) for f in faces):
