@@ -1,12 +1,14 @@
 """LiteNet trained on cached outputs of its frozen early blocks, on a tiny fake SMILEsmileD."""
 import csv
+import json
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from smilekit.features import FeatureConfig, cached_outputs, train_frozen
+from smilekit import cli
+from smilekit.features import cached_outputs
 from smilekit.model import LiteNet, load_checkpoint
 from smilekit.runtime import ExportedModel
 
@@ -35,16 +37,17 @@ def fake_smilesmiled(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def frozen_run(fake_smilesmiled, tmp_path_factory):
+    """``smilekit train-frozen`` on the fake faces: (checkpoint path, the report written beside it)."""
     out = tmp_path_factory.mktemp("run") / "lite.pt"
-    config = FeatureConfig(data_root=str(fake_smilesmiled), datasets=("smilesmiled",), freeze_blocks=FREEZE, epochs=2,
-                           draws_per_epoch=64, batch_size=16, lr=3e-3, out=str(out))
-    return config, train_frozen(config, progress=False)
+    assert cli.main(["train-frozen", "--data-root", str(fake_smilesmiled), "--datasets", "smilesmiled", "--freeze-blocks", str(FREEZE), "--epochs", "2",
+                     "--draws-per-epoch", "64", "--lr", "3e-3", "--out", str(out)]) == 0
+    return out, json.loads(out.with_suffix(".json").read_text())
 
 
 def test_frozen_blocks_keep_their_imagenet_weights_and_the_rest_learns(frozen_run):
-    config, report = frozen_run
-    trained, meta = load_checkpoint(config.out)
-    start = LiteNet(input_px=config.input_px)
+    out, report = frozen_run
+    trained, meta = load_checkpoint(out)
+    start = LiteNet()
     for name, value in start.state_dict().items():
         block = int(name.split(".")[3]) if name.startswith("features.net._blocks.") else None
         if name.startswith(("features.net._conv_stem", "features.net._bn0")) or (block is not None and block < FREEZE):
@@ -52,17 +55,17 @@ def test_frozen_blocks_keep_their_imagenet_weights_and_the_rest_learns(frozen_ru
     assert not torch.equal(trained.features.net._blocks[FREEZE]._project_conv.weight, start.features.net._blocks[FREEZE]._project_conv.weight)
     assert not torch.equal(trained.head[-1].weight, start.head[-1].weight)
     assert meta["arch"] == "litenet" and meta["version"] == report["version"] and meta["temperature"] == report["temperature"]
-    assert set(report["val"]) == {"smilesmiled"} and len(report["history"]) == 2
+    assert set(report["val"]) == {"smilesmiled"} and len(report["history"]) == 2 and report["config"]["freeze_blocks"] == FREEZE
 
 
 def test_the_checkpoint_predicts_through_torch_and_its_onnx_export(frozen_run):
-    config, _ = frozen_run
-    model, _ = load_checkpoint(config.out)
+    out, _ = frozen_run
+    model, _ = load_checkpoint(out)
     x = torch.rand(4, 1, 64, 64)
     with torch.no_grad():
         logits = model(x)
         assert torch.allclose(model.from_frozen(model.frozen_part(x, FREEZE), FREEZE), logits, atol=1e-5)
-    exported = ExportedModel.of_checkpoint(config.out)
+    exported = ExportedModel.of_checkpoint(out)
     assert exported is not None and np.allclose(exported.logits(x.numpy()), logits.numpy(), atol=1e-3)
 
 
