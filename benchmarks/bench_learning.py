@@ -132,7 +132,7 @@ def main() -> None:
         parser.error(f"more clicks than the pool of {len(pool)} faces")
     base = Predictor(args.base)
     labels = np.array([label for _, label in scored])
-    base_probs = score(base, scored)[0]
+    base_probs, scored_crops = score(base, scored)
     before = metrics.accuracy(labels, base_probs, base.threshold)
     pool_probs, pool_crops = score(base, pool)
     print(f"{args.collection} {args.split} split, {len(scored)} faces: accuracy {before:.4f} with {base.version} "
@@ -157,8 +157,8 @@ def main() -> None:
                                                    epochs=epochs, limit=args.limit, feedback_share=share, threads=args.threads,
                                                    work_dir=str(Path(tmp) / f"work-{name}"))
                     outcome = retrain.retrain(config, progress=False, say=lambda line: None)
-                    candidate = Predictor(outcome["candidate"])
-                    after = metrics.accuracy(labels, score(candidate, scored)[0], candidate.threshold)
+                    candidate = Predictor(outcome["candidate"])  # the app cuts the same crops whatever the model
+                    after = metrics.accuracy(labels, candidate.predict_proba(scored_crops), candidate.threshold)
                     others = {k: v * 100 for k, v in outcome["changes"].items() if k != args.collection}
                     row = {"clicks": n, "wrong_share": wrong, "wrong_clicks": int((given != [l for _, l in clicked]).sum()),
                            "uncertain_first": uncertain, "feedback_share": share, "epochs": epochs, "held_out_before": before,
