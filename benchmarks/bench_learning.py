@@ -20,9 +20,9 @@ reported on test.
 
     .venv/bin/python benchmarks/bench_learning.py --data ../shared/data [--base outputs/runs/smilenet-ecb088b1.pt]
         [--collection mtfl] [--split test] [--clicks 250,500,1000,2000] [--wrong 0.1] [--wrong-clicks 1000,2000]
-        [--uncertain 500] [--pool 2000] [--feedback-share 0.2,0.5] [--epochs 3,6] [--threads 1] [--out outputs/metrics/learning.json]
+        [--uncertain 500] [--pool 2000] [--feedback-share 0.2,0.5] [--epochs 3,6] [--lr 5e-4,2e-4] [--threads 1] [--out outputs/metrics/learning.json]
 
-``--feedback-share`` and ``--epochs`` take lists: every click run is repeated for each pair. ``--limit`` caps
+``--feedback-share``, ``--epochs`` and ``--lr`` take lists: every click run is repeated for each combination. ``--limit`` caps
 the images per split of the original training data and test splits (quick runs only). Figures are from a
 2-core machine shared with other work; each run fine-tunes from the same base.
 """
@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import itertools
 import json
 import os
 import sys
@@ -111,6 +112,7 @@ def main() -> None:
     parser.add_argument("--uncertain", default="500", help="click counts run on the faces nearest the threshold")
     parser.add_argument("--feedback-share", default=str(retrain.RetrainConfig.feedback_share))
     parser.add_argument("--epochs", default=str(retrain.RetrainConfig.epochs))
+    parser.add_argument("--lr", default=str(retrain.RetrainConfig.lr))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--limit", type=int, help="images per split of the original data (quick runs)")
     parser.add_argument("--test-limit", type=int, help="faces of the collection's scored split (quick runs)")
@@ -143,10 +145,10 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="smilekit-learning-") as tmp:
         for share in numbers(args.feedback_share, float):
-            for epochs in numbers(args.epochs):
+            for epochs, lr in itertools.product(numbers(args.epochs), numbers(args.lr, float)):
                 for n, wrong, uncertain in runs:
                     start = time.monotonic()
-                    name = f"{share}-{epochs}-{n}-{wrong}-{uncertain}"
+                    name = f"{share}-{epochs}-{lr}-{n}-{wrong}-{uncertain}"
                     url = f"sqlite:///{tmp}/clicks-{name}.db"
                     chosen = pick_clicks(pool_probs, n, base.threshold, uncertain)
                     clicked = [pool[i] for i in chosen]
@@ -154,14 +156,14 @@ def main() -> None:
                                          base.version, wrong, args.seed)
                     refit = metrics.best_threshold(given, pool_probs[chosen])  # calibration alone: the base, its cut fitted on the clicks
                     config = retrain.RetrainConfig(db_url=url, data_root=str(args.data), model=str(args.base), datasets=datasets,
-                                                   epochs=epochs, limit=args.limit, feedback_share=share, threads=args.threads,
+                                                   epochs=epochs, lr=lr, limit=args.limit, feedback_share=share, threads=args.threads,
                                                    work_dir=str(Path(tmp) / f"work-{name}"))
                     outcome = retrain.retrain(config, progress=False, say=lambda line: None)
                     candidate = Predictor(outcome["candidate"])  # the app cuts the same crops whatever the model
                     after = metrics.accuracy(labels, candidate.predict_proba(scored_crops), candidate.threshold)
                     others = {k: v * 100 for k, v in outcome["changes"].items() if k != args.collection}
                     row = {"clicks": n, "wrong_share": wrong, "wrong_clicks": int((given != [l for _, l in clicked]).sum()),
-                           "uncertain_first": uncertain, "feedback_share": share, "epochs": epochs, "held_out_before": before,
+                           "uncertain_first": uncertain, "feedback_share": share, "epochs": epochs, "lr": lr, "held_out_before": before,
                            "held_out_after": after, "gain_points": (after - before) * 100,
                            "threshold_refit_only": {"threshold": refit, "held_out": metrics.accuracy(labels, base_probs, refit),
                                                     "gain_points": (metrics.accuracy(labels, base_probs, refit) - before) * 100},
@@ -170,7 +172,7 @@ def main() -> None:
                     results.append(row)
                     args.out.write_text(json.dumps(dict(payload, load_average=os.getloadavg()), indent=2))  # after every run
                     listed = ", ".join(f"{k} {v:+.2f}" for k, v in others.items())
-                    print(f"share {share}, {epochs} epochs, {n:>5} {'uncertain' if uncertain else 'random'} clicks, {wrong:.0%} wrong: "
+                    print(f"share {share}, {epochs} epochs, lr {lr:g}, {n:>5} {'uncertain' if uncertain else 'random'} clicks, {wrong:.0%} wrong: "
                           f"{args.collection} {before:.4f} -> {after:.4f} ({row['gain_points']:+.2f} points; threshold refit alone "
                           f"{row['threshold_refit_only']['gain_points']:+.2f}); others {listed}; "
                           f"rule allows: {row['rule_allows']}; {row['minutes']:.1f} min", flush=True)
