@@ -41,7 +41,7 @@ class RetrainConfig:
     epochs: int = 3  # fine-tuning epochs over the original training data + feedback crops
     limit: int | None = None  # at most this many images per dataset and split (None: all)
     lr: float = 5e-4  # peak learning rate (small: stay close to the current model)
-    feedback_share: float = 0.2  # share of the training draws that are feedback crops (the rest: the original data)
+    feedback_share: float = 0.5  # share of the training draws that are feedback crops (the rest: the original data; chosen on MTFL val)
     threads: int = TrainConfig.threads  # CPU threads for fine-tuning
     max_drop: float = MAX_DROP  # refuse the candidate if a test split's accuracy drops by more than this
     promote: bool = False  # copy an accepted candidate into the models folder (else only write it)
