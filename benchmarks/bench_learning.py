@@ -96,6 +96,7 @@ def pick_clicks(probs: np.ndarray, count: int, threshold: float, uncertain: bool
 
 
 def numbers(text: str, kind=int) -> list:
+    """The comma-separated numbers of a command-line list (empty: none)."""
     return [kind(part) for part in text.split(",") if part]
 
 
