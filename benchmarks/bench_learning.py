@@ -1,25 +1,37 @@
-"""What feedback buys: a collection the model never trained on, fed back as clicks, before and after retraining.
+"""What feedback buys: a collection the base model never trained on, fed back as clicks, before and after retraining.
 
-The shipped model was trained on SMILEsmileD and CelebA only, so MTFL (or FER2013) is a collection it has
-never seen. Faces of that collection's train split are shown to the model as the app shows them (the whole
-crop as one face, ``Predictor.predict(..., whole_image=True)``), and a click is written through
+The base is a checkpoint that never saw the held-out collection: ``--base``, by default smilenet-ecb088b1, the
+model shipped before smilenet-6e76f58c, trained on SMILEsmileD and CelebA only (the shipped model has seen MTFL
+and FER2013). Extract it once with
+
+    for f in pt onnx onnx.json; do git show 08c81ca:smilekit/weights/smilenet.$f > outputs/runs/smilenet-ecb088b1.$f; done
+
+Fine-tuning mixes in the train splits of the datasets named in the base's metadata (``retrain.trained_datasets``),
+never the held-out collection's. Faces of that collection's train split are shown to the model as the app shows
+them (the whole crop as one face, ``Predictor.predict(..., whole_image=True)``), and a click is written through
 ``FeedbackStore.record`` as a person who knows the true label would give it (Correct if the model was right,
-else Incorrect), with the crop shared. Then ``smilekit.retrain.retrain`` (what ``smilekit retrain`` runs)
-fine-tunes on those clicks with its defaults and applies the promotion rule; the benchmark scores the
-collection's test split through the same app path before and after. ``--wrong 0.1`` adds runs where 10 % of
-the clicks say the opposite (mistakes or abuse).
+else Incorrect), with the crop shared. Clicks go on random faces, or (``--uncertain``) on the faces of the pool
+(``--pool`` faces) whose probability is nearest the threshold. Then ``smilekit.retrain.retrain`` (what
+``smilekit retrain`` runs) fine-tunes on those clicks and applies the promotion rule; the benchmark scores the
+collection's ``--split`` through the same app path before and after. ``--wrong 0.1`` adds runs where 10 % of
+the clicks say the opposite (mistakes or abuse). Each run also reports calibration alone: the base model with its
+threshold refitted on the clicks (``metrics.best_threshold``), no retraining. Settings are chosen on ``--split val``,
+reported on test.
 
-    .venv/bin/python benchmarks/bench_learning.py --data ../shared/data [--collection mtfl] [--clicks 250,500,1000,2000]
-        [--wrong 0.1] [--epochs 3] [--limit N] [--out outputs/metrics/learning.json]
+    .venv/bin/python benchmarks/bench_learning.py --data ../shared/data [--base outputs/runs/smilenet-ecb088b1.pt]
+        [--collection mtfl] [--split test] [--clicks 250,500,1000,2000] [--wrong 0.1] [--wrong-clicks 1000,2000]
+        [--uncertain 500] [--pool 2000] [--feedback-share 0.2,0.5] [--epochs 3,6] [--lr 5e-4,2e-4] [--threads 1] [--out outputs/metrics/learning.json]
 
-``--limit`` caps the images per split of the original training data and test splits (quick runs only).
-Figures are from a 2-core machine shared with other work; each run fine-tunes from the same shipped model.
+``--feedback-share``, ``--epochs`` and ``--lr`` take lists: every click run is repeated for each combination. ``--limit`` caps
+the images per split of the original training data and test splits (quick runs only). Figures are from a
+2-core machine shared with other work; each run fine-tunes from the same base.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import io
+import itertools
 import json
 import os
 import sys
@@ -36,9 +48,10 @@ from smilekit import metrics, retrain  # noqa: E402
 from smilekit.data import select  # noqa: E402
 from smilekit.feedback import FeedbackStore  # noqa: E402
 from smilekit.predict import Predictor  # noqa: E402
-from smilekit.runtime import SHIPPED_MODEL  # noqa: E402
 
 LABEL_FILES = {"mtfl": "labels.csv", "fer2013": "labels.csv"}
+#: the last model shipped before any trained on MTFL or FER2013 (see the docstring to extract it)
+DEFAULT_BASE = ROOT / "outputs" / "runs" / "smilenet-ecb088b1.pt"
 
 
 def read_collection(root: Path, name: str) -> dict[str, list[tuple[Path, int]]]:
@@ -61,8 +74,8 @@ def score(predictor: Predictor, faces: list[tuple[Path, int]]) -> tuple[np.ndarr
     return np.array(probs), crops
 
 
-def write_clicks(url: str, faces, probs, crops, threshold: float, version: str, wrong: float, seed: int) -> int:
-    """One consented click per face (Correct / Incorrect from its true label, ``wrong`` of them flipped)."""
+def write_clicks(url: str, faces, probs, crops, threshold: float, version: str, wrong: float, seed: int) -> np.ndarray:
+    """One consented click per face (Correct / Incorrect from its true label, ``wrong`` of them flipped); returns the labels the clicks give."""
     rng = np.random.default_rng(seed)
     flipped = rng.random(len(faces)) < wrong
     store = FeedbackStore(url)
@@ -74,59 +87,96 @@ def write_clicks(url: str, faces, probs, crops, threshold: float, version: str, 
                      probability=float(p), threshold=threshold, model_version=version,
                      correct=right != bool(flipped[i]), crop_png=png.getvalue())
     store.close()
-    return int(flipped.sum())
+    return np.array([label for _, label in faces]) != flipped
+
+
+def pick_clicks(probs: np.ndarray, count: int, threshold: float, uncertain: bool) -> np.ndarray:
+    """Indices of the pool faces to click: the first ``count`` (the pool is in random order), or the ``count`` nearest the threshold."""
+    return np.argsort(np.abs(probs - threshold), kind="stable")[:count] if uncertain else np.arange(count)
+
+
+def numbers(text: str, kind=int) -> list:
+    """The comma-separated numbers of a command-line list (empty: none)."""
+    return [kind(part) for part in text.split(",") if part]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--collection", choices=sorted(LABEL_FILES), default="mtfl")
-    parser.add_argument("--model", type=Path, default=SHIPPED_MODEL)
-    parser.add_argument("--clicks", default="250,500,1000,2000")
+    parser.add_argument("--base", type=Path, default=DEFAULT_BASE, help="a checkpoint never trained on the collection")
+    parser.add_argument("--split", choices=("val", "test"), default="test", help="the collection's split scored (val to choose settings)")
+    parser.add_argument("--clicks", default="250,500,1000,2000", help="click counts run on random faces, all clicks right")
+    parser.add_argument("--pool", type=int, default=2000, help="train faces shown to the model, from which clicks are taken")
     parser.add_argument("--wrong", type=float, default=0.1, help="share of wrong clicks in the extra runs (0: none)")
-    parser.add_argument("--wrong-clicks", default="1000,2000", help="click counts also run with --wrong")
-    parser.add_argument("--epochs", type=int, default=retrain.RetrainConfig.epochs)
+    parser.add_argument("--wrong-clicks", default="1000,2000", help="click counts run with --wrong")
+    parser.add_argument("--uncertain", default="500", help="click counts run on the faces nearest the threshold")
+    parser.add_argument("--feedback-share", default=str(retrain.RetrainConfig.feedback_share))
+    parser.add_argument("--epochs", default=str(retrain.RetrainConfig.epochs))
+    parser.add_argument("--lr", default=str(retrain.RetrainConfig.lr))
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--limit", type=int, help="images per split of the original data (quick runs)")
-    parser.add_argument("--test-limit", type=int, help="test faces of the collection (quick runs)")
+    parser.add_argument("--test-limit", type=int, help="faces of the collection's scored split (quick runs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "metrics" / "learning.json")
     args = parser.parse_args()
 
+    datasets = retrain.trained_datasets(args.base)
+    if args.collection in datasets:
+        parser.error(f"{args.base} was trained on {args.collection} ({', '.join(datasets)}): pass a base that never saw it")
     splits = read_collection(args.data, args.collection)
     rng = np.random.default_rng(args.seed)
-    pool = [splits["train"][i] for i in rng.permutation(len(splits["train"]))]
-    test = select(splits["test"], None, args.test_limit)
-    counts = [int(n) for n in args.clicks.split(",")]
-    runs = [(n, 0.0) for n in counts]
-    if args.wrong > 0:
-        runs += [(int(n), args.wrong) for n in args.wrong_clicks.split(",") if int(n) in counts]
-    base = Predictor(args.model)
-    test_labels = np.array([label for _, label in test])
-    before = metrics.accuracy(test_labels, score(base, test)[0], base.threshold)
-    pool_probs, pool_crops = score(base, pool[: max(counts)])
-    print(f"{args.collection} test split, {len(test)} faces: accuracy {before:.4f} with {args.model.name} (never trained on it)")
+    pool = [splits["train"][i] for i in rng.permutation(len(splits["train"]))[: args.pool]]
+    scored = select(splits[args.split], None, args.test_limit)
+    runs = [(n, 0.0, False) for n in numbers(args.clicks)]
+    runs += [(n, args.wrong, False) for n in numbers(args.wrong_clicks) if args.wrong > 0]
+    runs += [(n, 0.0, True) for n in numbers(args.uncertain)]
+    if max(n for n, _, _ in runs) > len(pool):
+        parser.error(f"more clicks than the pool of {len(pool)} faces")
+    base = Predictor(args.base)
+    labels = np.array([label for _, label in scored])
+    base_probs, scored_crops = score(base, scored)
+    before = metrics.accuracy(labels, base_probs, base.threshold)
+    pool_probs, pool_crops = score(base, pool)
+    print(f"{args.collection} {args.split} split, {len(scored)} faces: accuracy {before:.4f} with {base.version} "
+          f"(trained on {', '.join(datasets)})", flush=True)
     results = []
-    with tempfile.TemporaryDirectory(prefix="smilekit-learning-") as tmp:
-        for n, wrong in runs:
-            start = time.monotonic()
-            url = f"sqlite:///{tmp}/clicks-{n}-{wrong}.db"
-            flipped = write_clicks(url, pool[:n], pool_probs[:n], pool_crops[:n], base.threshold, base.version, wrong, args.seed)
-            config = retrain.RetrainConfig(db_url=url, data_root=str(args.data), model=str(args.model), epochs=args.epochs,
-                                           limit=args.limit, work_dir=str(Path(tmp) / f"work-{n}-{wrong}"))
-            outcome = retrain.retrain(config, progress=False, say=lambda line: None)
-            candidate = Predictor(outcome["candidate"])
-            after = metrics.accuracy(test_labels, score(candidate, test)[0], candidate.threshold)
-            row = {"clicks": n, "wrong_share": wrong, "wrong_clicks": flipped, "held_out_before": before, "held_out_after": after,
-                   "gain_points": (after - before) * 100, "other_changes_points": {k: v * 100 for k, v in outcome["changes"].items()},
-                   "rule_allows": outcome["reason"].startswith("promoted"), "minutes": (time.monotonic() - start) / 60}
-            results.append(row)
-            others = ", ".join(f"{k} {v:+.2f}" for k, v in row["other_changes_points"].items())
-            print(f"{n:>5} clicks, {wrong:.0%} wrong: {args.collection} {before:.4f} -> {after:.4f} ({row['gain_points']:+.2f} points); "
-                  f"others {others}; rule allows: {row['rule_allows']}; {row['minutes']:.1f} min", flush=True)
+    payload = {"collection": args.collection, "split": args.split, "base": base.version, "base_datasets": list(datasets),
+               "limit": args.limit, "scored_faces": len(scored), "runs": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"collection": args.collection, "model": str(args.model), "epochs": args.epochs, "limit": args.limit,
-               "test_faces": len(test), "load_average": os.getloadavg(), "runs": results}
-    args.out.write_text(json.dumps(payload, indent=2))
+    with tempfile.TemporaryDirectory(prefix="smilekit-learning-") as tmp:
+        for share in numbers(args.feedback_share, float):
+            for epochs, lr in itertools.product(numbers(args.epochs), numbers(args.lr, float)):
+                for n, wrong, uncertain in runs:
+                    start = time.monotonic()
+                    name = f"{share}-{epochs}-{lr}-{n}-{wrong}-{uncertain}"
+                    url = f"sqlite:///{tmp}/clicks-{name}.db"
+                    chosen = pick_clicks(pool_probs, n, base.threshold, uncertain)
+                    clicked = [pool[i] for i in chosen]
+                    given = write_clicks(url, clicked, pool_probs[chosen], [pool_crops[i] for i in chosen], base.threshold,
+                                         base.version, wrong, args.seed)
+                    refit = metrics.best_threshold(given, pool_probs[chosen])  # calibration alone: the base, its cut fitted on the clicks
+                    config = retrain.RetrainConfig(db_url=url, data_root=str(args.data), model=str(args.base), datasets=datasets,
+                                                   epochs=epochs, lr=lr, limit=args.limit, feedback_share=share, threads=args.threads,
+                                                   work_dir=str(Path(tmp) / f"work-{name}"))
+                    outcome = retrain.retrain(config, progress=False, say=lambda line: None)
+                    candidate = Predictor(outcome["candidate"])  # the app cuts the same crops whatever the model
+                    after = metrics.accuracy(labels, candidate.predict_proba(scored_crops), candidate.threshold)
+                    others = {k: v * 100 for k, v in outcome["changes"].items() if k != args.collection}
+                    row = {"clicks": n, "wrong_share": wrong, "wrong_clicks": int((given != [l for _, l in clicked]).sum()),
+                           "uncertain_first": uncertain, "feedback_share": share, "epochs": epochs, "lr": lr, "held_out_before": before,
+                           "held_out_after": after, "gain_points": (after - before) * 100,
+                           "threshold_refit_only": {"threshold": refit, "held_out": metrics.accuracy(labels, base_probs, refit),
+                                                    "gain_points": (metrics.accuracy(labels, base_probs, refit) - before) * 100},
+                           "other_changes_points": others,
+                           "rule_allows": outcome["reason"].startswith("promoted"), "minutes": (time.monotonic() - start) / 60}
+                    results.append(row)
+                    args.out.write_text(json.dumps(dict(payload, load_average=os.getloadavg()), indent=2))  # after every run
+                    listed = ", ".join(f"{k} {v:+.2f}" for k, v in others.items())
+                    print(f"share {share}, {epochs} epochs, lr {lr:g}, {n:>5} {'uncertain' if uncertain else 'random'} clicks, {wrong:.0%} wrong: "
+                          f"{args.collection} {before:.4f} -> {after:.4f} ({row['gain_points']:+.2f} points; threshold refit alone "
+                          f"{row['threshold_refit_only']['gain_points']:+.2f}); others {listed}; "
+                          f"rule allows: {row['rule_allows']}; {row['minutes']:.1f} min", flush=True)
     print("written:", args.out)
 
 

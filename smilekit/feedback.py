@@ -433,3 +433,28 @@ class FeedbackStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def disagreeing_sessions(rows: list[dict], confident: float = 0.9, factor: float = 3.0, min_share: float = 0.2,
+                         min_clicks: int = 10) -> list[dict]:
+    """Sessions whose clicks disagree with a confident model far more than the others' do (mistakes or abuse).
+
+    Only verdicts on faces the model gave ``confident`` or more count. A session with at least ``min_clicks``
+    of them is flagged when it says "Incorrect" on at least ``min_share`` of them and ``factor`` times as
+    often as all other sessions together. Returns [{session_id, clicks, disagreement, others}], worst first.
+    """
+    sure = [r for r in rows if (r["probability"] if r["predicted_smiling"] else 1 - r["probability"]) >= confident]
+    clicks: dict[str, int] = {}
+    wrong: dict[str, int] = {}
+    for r in sure:
+        clicks[r["session_id"]] = clicks.get(r["session_id"], 0) + 1
+        wrong[r["session_id"]] = wrong.get(r["session_id"], 0) + (r["verdict"] == "incorrect")
+    total_clicks, total_wrong = len(sure), sum(wrong.values())
+    flagged = []
+    for session, n in clicks.items():
+        rest = total_clicks - n
+        others = (total_wrong - wrong[session]) / rest if rest else 0.0
+        share = wrong[session] / n
+        if n >= min_clicks and share >= min_share and share >= factor * others:
+            flagged.append({"session_id": session, "clicks": n, "disagreement": share, "others": others})
+    return sorted(flagged, key=lambda f: -f["disagreement"])

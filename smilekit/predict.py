@@ -11,6 +11,7 @@ from . import faces
 from .images import ImageError, load_image, load_photo
 from .runtime import (DEFAULT_THRESHOLD, INPUT_SIZE, ExportedModel, crops_to_array, decision_threshold, default_model_path,
                       probabilities)
+from .settings import UNSURE_BAND
 
 #: photos reduced for work (smilekit.images.WORK_MAX_SIDE) are also read in greyscale up to this long side, to
 #: find and cut small faces (a 40-px face in a 4,000-px photo is 20 px at 2,048, below Haar's 24-px window);
@@ -36,6 +37,11 @@ class FacePrediction:
     @property
     def label(self) -> str:
         return "Smiling" if self.smiling else "Not smiling"
+
+    @property
+    def unsure(self) -> bool:
+        """The probability is within ``settings.UNSURE_BAND`` of the threshold: feedback on this face helps most."""
+        return abs(self.probability - self.threshold) < UNSURE_BAND
 
     @property
     def confidence(self) -> float:

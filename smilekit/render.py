@@ -47,13 +47,14 @@ CSS = """
 .smilekit-face { border: 1px solid #ccc; border-radius: 8px; padding: 6px; margin: 0; box-sizing: border-box; min-width: 0; overflow: hidden; }
 .smilekit-face .widget-image { display: block; margin: 0 auto; }
 .smilekit-face .widget-html { margin: 0; }
-.smilekit-face .widget-html-content { font-size: 0.9em; line-height: 1.3; overflow-wrap: anywhere; min-height: 5.2em; }  /* buttons in line */
+.smilekit-face .widget-html-content { font-size: 0.9em; line-height: 1.3; overflow-wrap: anywhere; min-height: 6.5em; }  /* buttons in line, also under an unsure face */
 .smilekit-face .widget-button { min-width: 0; margin: 0; padding: 0 6px; height: 36px; line-height: 36px; overflow: hidden; }
 .smilekit-group .smilekit-face { padding: 4px; }
 .smilekit-metrics table { border-collapse: collapse; margin: 4px 0; }
 .smilekit-metrics td, .smilekit-metrics th { border: 1px solid #ddd; padding: 2px 8px; text-align: right; }
 .smilekit-label-smiling { color: #1a7f37; font-weight: bold; }
 .smilekit-label-not { color: #555; font-weight: bold; }
+.smilekit-unsure { color: #9a6700; font-weight: bold; }
 </style>
 """
 
@@ -202,11 +203,12 @@ def saliency_overlay(crop: Image.Image, saliency: np.ndarray) -> bytes:
     return _png(Image.fromarray((mixed * 255).round().astype(np.uint8), "RGB"))
 
 
-def label_html(number: int, label: str, confidence: float, detected: bool = True) -> str:
-    """Face number (as on the photo), verdict and confidence, e.g. 'Face 1: Smiling, 87 %'."""
+def label_html(number: int, label: str, confidence: float, detected: bool = True, unsure: bool = False) -> str:
+    """Face number (as on the photo), verdict and confidence, e.g. 'Face 1: Smiling, 87 %'; an unsure face asks for a click."""
     css = "smilekit-label-smiling" if label == "Smiling" else "smilekit-label-not"
     name = f"Face {number}" if detected else "Whole picture"
-    return f'<div>{name}</div><div><span class="{css}">{html.escape(label)}</span> · {confidence:.0%} sure</div>'
+    ask = '<div class="smilekit-unsure">Not sure — tell us?</div>' if unsure else ""
+    return f'<div>{name}</div><div><span class="{css}">{html.escape(label)}</span> · {confidence:.0%} sure</div>{ask}'
 
 
 def error_html(message: str) -> str:

@@ -37,16 +37,18 @@ class RetrainConfig:
     model: str | None = None  # the current checkpoint (None: what the app serves)
     models_dir: str | None = None  # where a promoted model goes (None: $SMILEKIT_MODELS_DIR, else outputs/models)
     work_dir: str = "outputs/retrain"  # where candidates are written
+    datasets: tuple | None = None  # original training data mixed in (None: those the current model was trained on)
     epochs: int = 3  # fine-tuning epochs over the original training data + feedback crops
     limit: int | None = None  # at most this many images per dataset and split (None: all)
     lr: float = 5e-4  # peak learning rate (small: stay close to the current model)
-    repeat: int = 4  # how many times each feedback crop joins the training set
+    feedback_share: float = 0.5  # share of the training draws that are feedback crops (the rest: the original data; chosen on MTFL val)
+    threads: int = TrainConfig.threads  # CPU threads for fine-tuning
     max_drop: float = MAX_DROP  # refuse the candidate if a test split's accuracy drops by more than this
     promote: bool = False  # copy an accepted candidate into the models folder (else only write it)
 
 
-def feedback_arrays(pairs, repeat: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """(crop, true label) pairs -> (N x 80 x 80 uint8 context crops, labels), each pair ``repeat`` times."""
+def feedback_arrays(pairs) -> tuple[np.ndarray, np.ndarray]:
+    """(crop, true label) pairs -> (N x 80 x 80 uint8 context crops, labels)."""
     pad = (CONTEXT_SIZE - INPUT_SIZE) // 2
     crops, labels = [], []
     for crop, label in pairs:
@@ -58,21 +60,29 @@ def feedback_arrays(pairs, repeat: int = 1) -> tuple[np.ndarray, np.ndarray]:
         labels.append(int(label))
     if not crops:
         return np.zeros((0, CONTEXT_SIZE, CONTEXT_SIZE), np.uint8), np.zeros(0, int)
-    return np.repeat(np.stack(crops), repeat, axis=0), np.repeat(np.array(labels), repeat)
+    return np.stack(crops), np.array(labels)
 
 
-def fine_tune(base, pairs, out, data_root=None, datasets=TrainConfig.datasets, epochs: int = RetrainConfig.epochs,
-              limit=None, lr: float = RetrainConfig.lr, repeat: int = RetrainConfig.repeat, seed: int = 0, progress: bool = True) -> dict:
+def trained_datasets(checkpoint) -> tuple:
+    """The datasets ``checkpoint`` was trained on, from its metadata (else ``TrainConfig``'s)."""
+    return tuple(load_checkpoint(checkpoint)[1].get("data") or TrainConfig.datasets)
+
+
+def fine_tune(base, pairs, out, data_root=None, datasets=None, epochs: int = RetrainConfig.epochs, limit=None,
+              lr: float = RetrainConfig.lr, feedback_share: float = RetrainConfig.feedback_share, seed: int = 0,
+              threads: int = RetrainConfig.threads, progress: bool = True) -> dict:
     """Fine-tune checkpoint ``base`` on feedback ``pairs`` mixed with the original training data.
 
-    The feedback crops (each seen ``repeat`` times) join the datasets' train
-    splits, so the model learns from them without forgetting; a small learning
-    rate keeps it close to ``base``. Writes ``out`` (and its ``.json``); returns train's report.
+    The feedback crops get ``feedback_share`` of the draws, the train splits of ``datasets`` (None: those
+    ``base`` was trained on, so a collection it never saw stays unseen) the rest, so the model learns from
+    feedback without forgetting; a small learning rate keeps it close to ``base``. Writes ``out`` (and its
+    ``.json``); returns train's report.
     """
-    extra = feedback_arrays(pairs, repeat)  # the architecture comes from ``base`` (init_from)
-    config = TrainConfig(data_root=None if data_root is None else str(data_root), datasets=tuple(datasets),
-                         epochs=epochs, lr=lr, seed=seed, out=str(out), limit=limit,
-                         patience=epochs, extra_train=[extra] if len(extra[1]) else [], init_from=str(base))
+    extra = feedback_arrays(pairs)  # the architecture comes from ``base`` (init_from)
+    config = TrainConfig(data_root=None if data_root is None else str(data_root), datasets=tuple(datasets or trained_datasets(base)),
+                         epochs=epochs, lr=lr, seed=seed, out=str(out), limit=limit, patience=epochs,
+                         extra_train=[extra] if len(extra[1]) else [], extra_share=feedback_share, init_from=str(base),
+                         threads=threads)
     return train(config, progress=progress)
 
 
@@ -139,8 +149,8 @@ def retrain(config: RetrainConfig, progress: bool = True, say=print) -> dict:
         say(result["reason"])
         return result
     candidate = settings.project_path(config.work_dir) / f"candidate-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.pt"
-    report = fine_tune(current, pairs, candidate, config.data_root, epochs=config.epochs, limit=config.limit, lr=config.lr,
-                       repeat=config.repeat, progress=progress)
+    report = fine_tune(current, pairs, candidate, config.data_root, config.datasets, epochs=config.epochs, limit=config.limit,
+                       lr=config.lr, feedback_share=config.feedback_share, threads=config.threads, progress=progress)
     result.update(candidate=str(candidate), candidate_version=report["version"])
     say(f"candidate {candidate} (version {report['version']})")
     sets = evaluate.load_sets(config.data_root, datasets=available_test_sets(config.data_root), split="test",

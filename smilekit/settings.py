@@ -24,6 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 #: probability of smiling from which a face counts as smiling, for a checkpoint that stores no ``threshold`` of its own
 DEFAULT_THRESHOLD = 0.5
+#: a face whose probability is within this of the model's threshold is marked "Not sure — tell us?" on its card,
+#: so that clicks go where the model learns most from them
+UNSURE_BAND = 0.15
 
 
 def project_path(path) -> Path:

@@ -44,6 +44,7 @@ class TrainConfig:
     ema_decay: float = 0.998  # validation, early stopping and the saved weights use this moving average of the weights
     resume: bool = False
     extra_train: list = field(default_factory=list)  # (uint8 context crops, labels) pairs, e.g. from feedback
+    extra_share: float | None = None  # share of the draws given to extra_train (None: one more source for source_balance)
     init_from: str | None = None  # start from this checkpoint's weights (fine-tuning)
     threads: int = 2
     device: str = "cpu"  # cpu, cuda, mps or auto (the best present); torchrun workers share each epoch
@@ -126,6 +127,17 @@ def balanced_weights(labels: np.ndarray, sources: np.ndarray, groups: np.ndarray
     return weights / weights.sum()
 
 
+def with_share(weights: np.ndarray, chosen: np.ndarray, share: float) -> np.ndarray:
+    """Sampling weights rescaled so that the ``chosen`` images get ``share`` of the draws, the rest ``1 - share``."""
+    if not 0 <= share <= 1:
+        raise ValueError(f"a share of the draws is between 0 and 1, not {share}")
+    out = np.asarray(weights, dtype=float).copy()
+    if chosen.any() and (~chosen).any():
+        out[chosen] *= share / out[chosen].sum()
+        out[~chosen] *= (1 - share) / out[~chosen].sum()
+    return out / out.sum()
+
+
 class WeightAverage:
     """An exponential moving average of a model's weights and BatchNorm statistics (smoother, usually better)."""
 
@@ -185,7 +197,10 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     size = max(c.shape[-1] for c in crops)
     crops = np.concatenate([c if c.shape[-1] == size else _resize(c, size) for c in crops])
     crops_t, labels_t = torch.from_numpy(crops), torch.from_numpy(labels).float()
-    weights = torch.from_numpy(balanced_weights(labels, sources, groups, config.source_balance))
+    weights = balanced_weights(labels, sources, groups, config.source_balance)
+    if config.extra_share is not None:
+        weights = with_share(weights, sources == "feedback", config.extra_share)
+    weights = torch.from_numpy(weights)
 
     # model and optimiser
     if config.init_from:  # fine-tuning: the checkpoint's own architecture and weights

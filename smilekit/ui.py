@@ -236,7 +236,8 @@ class SmileApp:
         photo_idx, face_idx = self.photos.index(photo), card.face.index
         card.picture = widgets.Image(value=self._card_picture(card), format="png" if self.show_saliency else card.thumbnail_format,
                                      layout=_layout(width="100%", max_width=f"{thumb_side}px", height="auto"))
-        card.label = render.label_html(card.number, card.face.label, card.face.confidence, card.face.detected)
+        card.label = render.label_html(card.number, card.face.label, card.face.confidence, card.face.detected,
+                                       card.face.unsure)
         card.status = widgets.HTML(layout=_layout(width="100%"), style=_style(HTMLStyle))
         self._say(card, "<span class='smilekit-note'>Was the model right?</span>")
         button_layout = _layout(flex="1 1 auto", width="auto")

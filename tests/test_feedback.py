@@ -257,3 +257,22 @@ def test_a_database_from_before_the_summary_is_counted_once(db_url):
     expected = _recount(store.rows())
     store.close()
     assert {k: stats[k] for k in expected} == expected and stats["count"] == 8
+
+
+def test_sessions_disagreeing_with_a_confident_model_are_flagged(tmp_path):
+    from smilekit.feedback import disagreeing_sessions
+
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'fb.db'}")
+    faces = iter(range(1000))
+    for session, count, wrong in [("careful1", 40, 1), ("careful2", 40, 2), ("abuser", 20, 12), ("unlucky", 5, 4)]:
+        for i in range(count):
+            _record(store, session=session, photo=f"{next(faces):064x}", probability=0.97 if i % 2 else 0.02, correct=i >= wrong)
+    for i in range(30):  # faces the model was unsure about do not count, whatever the clicks say
+        _record(store, session="careful1", photo=f"{next(faces):064x}", probability=0.55, correct=False)
+    flagged = disagreeing_sessions(store.rows())
+    store.close()
+    assert [f["session_id"] for f in flagged] == ["abuser"]  # "unlucky" has too few clicks to judge
+    (abuser,) = flagged
+    assert abuser["clicks"] == 20 and abuser["disagreement"] == pytest.approx(12 / 20)
+    assert abuser["others"] == pytest.approx((1 + 2 + 4) / 85)
+    assert disagreeing_sessions([]) == []

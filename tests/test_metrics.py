@@ -78,3 +78,9 @@ def test_group_gap_interval_covers_the_gap_and_narrows_with_more_data():
     large = metrics.group_gap_interval(*sample(5000, 3))
     assert small[0] < -0.1 < small[1] and large[0] < -0.1 < large[1]
     assert large[1] - large[0] < (small[1] - small[0]) / 3
+
+
+def test_best_threshold_fits_the_cut_to_the_faces():
+    assert metrics.best_threshold([0, 0, 1, 1], [0.1, 0.3, 0.4, 0.9]) == pytest.approx(0.35)
+    assert metrics.best_threshold([0, 1], [0.2, 0.8]) == pytest.approx(0.5)  # ties: the cut nearest 0.5
+    assert metrics.best_threshold([0, 0], [0.2, 0.3]) > 0.3  # every face said not smiling

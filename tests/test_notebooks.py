@@ -152,6 +152,7 @@ def test_feedback_notebook_fine_tunes_and_honours_the_promote_decision(feedback_
     assert result["model_version"] == version
     assert result["feedback"]["count"] >= 20 and result["consented_crops"] >= 10
     assert result["candidate_version"] and result["candidate_version"] != version
+    assert result["flagged_sessions"] == []  # every click in the fixture tells the truth
     assert load_checkpoint(result["candidate"])[1]["version"] == result["candidate_version"]
     decision, _ = should_promote(result["before"], result["after"], max_drop)
     assert result["promoted"] == decision == (max_drop > 0)

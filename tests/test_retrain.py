@@ -17,6 +17,7 @@ from smilekit.data import CONTEXT_SIZE
 from smilekit.model import SmileNet, load_checkpoint, save_checkpoint
 from smilekit.predict import Predictor
 from smilekit.runtime import default_model_path
+from smilekit.train import balanced_weights, with_share
 from smilekit.model import center
 
 
@@ -37,9 +38,9 @@ def test_feedback_crops_are_padded_so_the_model_crop_is_unchanged():
     np.testing.assert_array_equal(crops[0, 8:72, 0], face[:, 0])
 
 
-def test_feedback_arrays_repeat_resize_and_empty():
-    crops, labels = retrain.feedback_arrays([(Image.new("RGB", (100, 100), "white"), 1)], repeat=3)
-    assert crops.shape == (3, CONTEXT_SIZE, CONTEXT_SIZE) and list(labels) == [1, 1, 1] and (crops == 255).all()
+def test_feedback_arrays_resize_and_empty():
+    crops, labels = retrain.feedback_arrays([(Image.new("RGB", (100, 100), "white"), 1)])
+    assert crops.shape == (1, CONTEXT_SIZE, CONTEXT_SIZE) and list(labels) == [1] and (crops == 255).all()
     crops, labels = retrain.feedback_arrays([])
     assert crops.shape == (0, CONTEXT_SIZE, CONTEXT_SIZE) and len(labels) == 0
 
@@ -93,14 +94,29 @@ def test_agreement_over_time_is_a_rolling_rate_oldest_first():
 def test_fine_tune_on_real_faces_changes_the_model(shared_data, tmp_path):
     base = tmp_path / "base.pt"
     torch.manual_seed(0)
-    save_checkpoint(base, SmileNet(), "smilenet", temperature=1.0)
+    save_checkpoint(base, SmileNet(), "smilenet", temperature=1.0, data={"smilesmiled": {"train": 40}})
     rng = np.random.default_rng(0)
     pairs = [(Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)), i % 2) for i in range(6)]
     report = retrain.fine_tune(base, pairs, tmp_path / "tuned.pt", shared_data, epochs=1, limit=40, progress=False)
-    assert report["extra_train_images"] == 6 * 4
+    assert report["extra_train_images"] == 6
+    assert report["config"]["datasets"] == ("smilesmiled",)  # what the base was trained on, nothing it never saw
+    assert report["config"]["extra_share"] == retrain.RetrainConfig.feedback_share
     assert report["config"]["init_from"] == str(base)
     _, meta = load_checkpoint(tmp_path / "tuned.pt")
     assert meta["version"] == report["version"] != load_checkpoint(base)[1]["version"]
+
+
+def test_feedback_gets_its_share_of_the_draws_whatever_its_size():
+    weights = balanced_weights(np.array([0, 1] * 50 + [0, 1]), np.array(["a"] * 100 + ["feedback"] * 2), source_balance="equal")
+    feedback = np.arange(102) >= 100
+    for share in (0.2, 0.5):
+        shared = with_share(weights, feedback, share)
+        assert shared[feedback].sum() == pytest.approx(share) and shared.sum() == pytest.approx(1)
+        assert shared[feedback][0] == pytest.approx(shared[feedback][1])  # still balanced between the classes
+        np.testing.assert_allclose(shared[~feedback] / shared[~feedback].sum(), weights[~feedback] / weights[~feedback].sum())
+    np.testing.assert_allclose(with_share(weights, np.zeros(102, bool), 0.5), weights)  # no feedback, nothing to share
+    with pytest.raises(ValueError):
+        with_share(weights, feedback, 1.5)
 
 
 def test_fine_tune_keeps_the_base_architecture_and_its_settings(shared_data, tmp_path):

@@ -104,6 +104,27 @@ def test_one_face_photo(app, predictor, face_jpeg):
     assert errors(app) == []
 
 
+@pytest.mark.parametrize("band, asked", [(1.0, True), (0.0, False)])
+def test_unsure_faces_ask_for_feedback(app, face_jpeg, monkeypatch, band, asked):
+    import smilekit.predict
+
+    monkeypatch.setattr(smilekit.predict, "UNSURE_BAND", band)  # every face within the band, or none
+    app.handle_upload([("face.jpg", face_jpeg)])
+    (card,) = app.photos[0].cards
+    assert card.face.unsure == asked
+    assert ("Not sure — tell us?" in card_text(card)) == asked
+
+
+def test_unsure_means_near_the_threshold():
+    from smilekit.predict import FacePrediction
+    from smilekit.settings import UNSURE_BAND
+
+    near = lambda p, threshold=0.5: FacePrediction(0, None, p, None, threshold=threshold).unsure
+    assert near(0.5) and near(0.5 + UNSURE_BAND * 0.9) and near(0.5 - UNSURE_BAND * 0.9)
+    assert not near(0.5 + UNSURE_BAND * 1.1) and not near(0.02) and not near(0.98)
+    assert near(0.7, threshold=0.7) and not near(0.5, threshold=0.7)  # the band is around the model's own threshold
+
+
 def test_collage_feedback_and_change_of_mind(app, store, collage_jpeg):
     app.handle_upload([("group.jpg", collage_jpeg)])
     cards = app.photos[0].cards
