@@ -121,6 +121,17 @@ def cmd_retrain(args) -> int:
     return 0
 
 
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    """The options ``train`` and ``train-frozen`` share: data, epochs, learning rate, seed, size and output."""
+    p.add_argument("--data-root", help="folder with smilesmiled/, celeba-subset/, mtfl/, fer2013/ (default $SMILEKIT_DATA)")
+    p.add_argument("--datasets", nargs="+", help="datasets whose train splits are used (names as in smilekit.data.LOADERS)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--limit", type=int, help="at most this many images per dataset and split")
+    p.add_argument("--out", help="checkpoint to write")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smilekit", description="Is each person in a photo smiling?")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -141,16 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model on face data",
                        description="Train a model; an option left out takes its default from smilekit.train.TrainConfig.")
-    p.add_argument("--data-root", help="folder with smilesmiled/, celeba-subset/, mtfl/, fer2013/ (default $SMILEKIT_DATA)")
-    p.add_argument("--datasets", nargs="+", help="datasets whose train splits are used (names as in smilekit.data.LOADERS)")
+    _add_training_options(p)
     p.add_argument("--arch", help="smilenet, litenet (EfficientNet-Lite0 from ImageNet weights) or seedcnn")
     p.add_argument("--width", type=int, help="SmileNet channels in its first stage (default: the architecture's)")
-    p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--limit", type=int, help="at most this many images per dataset and split")
-    p.add_argument("--out", help="checkpoint to write")
     p.add_argument("--resume", action="store_true", help="continue from OUT's .last.pt")
     p.add_argument("--device", help="cpu, cuda, mps or auto: a GPU if present (default cpu)")
     p.add_argument("--source-balance", choices=("equal", "size"),
@@ -162,17 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-frozen", help="train LiteNet's later blocks on cached outputs of its frozen ImageNet blocks",
                        description="Train LiteNet with its stem and first blocks frozen, on their outputs cached once per crop; "
                                    "an option left out takes its default from smilekit.features.FeatureConfig.")
-    p.add_argument("--data-root", help="folder with smilesmiled/, celeba-subset/, mtfl/, fer2013/ (default $SMILEKIT_DATA)")
-    p.add_argument("--datasets", nargs="+", help="datasets whose train splits are used (names as in smilekit.data.LOADERS)")
+    _add_training_options(p)
     p.add_argument("--input-px", type=int, help="side the 64x64 crop is resized to for LiteNet")
     p.add_argument("--freeze-blocks", type=int, help="how many of the 16 blocks stay frozen (after the stem)")
     p.add_argument("--augmented-copies", type=int, help="augmented copies of each train crop, besides the plain and mirrored ones")
-    p.add_argument("--epochs", type=int)
     p.add_argument("--draws-per-epoch", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--limit", type=int, help="at most this many images per dataset and split")
-    p.add_argument("--out", help="checkpoint to write")
     p.add_argument("--threads", type=int, help="CPU threads (default 2)")
     p.set_defaults(run=cmd_train_frozen)
 
