@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 WRITE_DEADLINE_S = 3.0
 #: how long one SQLite write attempt waits for another writer's lock, in milliseconds (then it retries)
 SQLITE_BUSY_TIMEOUT_MS = 500
+#: opening a database waits this long for another store's schema upgrade (several app kernels opening a new
+#: database at once; on a loaded machine one upgrade took longer than a click's busy timeout, and the others failed)
+UPGRADE_WAIT_S = 30
 #: how long PostgreSQL connecting may take, in seconds (libpq's smallest limit is 2)
 PG_CONNECT_TIMEOUT_S = 2
 #: PostgreSQL error codes: a read-only transaction, no permission to write
@@ -216,7 +219,7 @@ class FeedbackStore:
         """Bring the schema to the newest migration (``smilekit.migrate``); a database that cannot be written
         (``read_only``: opened as such after a first try) is read as it is if it has the feedback table."""
         try:
-            migrate.upgrade(self.engine)
+            self._upgrade()
         except DBAPIError as err:
             if not (read_only and _is_read_only(err) and Verdict.__tablename__ in inspect(self.engine).get_table_names()):
                 raise
@@ -224,6 +227,18 @@ class FeedbackStore:
         self.summarised = VerdictCount.__tablename__ in inspect(self.engine).get_table_names()
         # a read-only database from before verdicts had a source is read as all uploads
         self.has_source = "source" in {c["name"] for c in inspect(self.engine).get_columns(Verdict.__tablename__)}
+
+    def _upgrade(self) -> None:
+        """``migrate.upgrade``, tried again while the database is locked by another store's upgrade, for up to
+        UPGRADE_WAIT_S."""
+        deadline = time.monotonic() + UPGRADE_WAIT_S
+        while True:
+            try:
+                return migrate.upgrade(self.engine)
+            except DBAPIError as err:
+                if not _is_busy(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     # -- writing ---------------------------------------------------------------
 

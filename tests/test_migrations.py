@@ -184,3 +184,24 @@ def test_opening_an_up_to_date_database_does_not_load_alembic(tmp_path):
     check = "import sys; from smilekit.feedback import FeedbackStore; FeedbackStore(sys.argv[1]).close(); print('alembic' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", check, url], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
+
+
+def test_a_store_opening_a_database_another_writer_holds_waits_for_it(tmp_path):
+    """As when another app kernel is upgrading it: the store waits for the lock instead of failing after the short
+    busy timeout a click has (SQLITE_BUSY_TIMEOUT_MS)."""
+    import sqlite3
+
+    from smilekit.feedback import SQLITE_BUSY_TIMEOUT_MS
+
+    path = tmp_path / "held.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(3 * SQLITE_BUSY_TIMEOUT_MS / 1000, holder.rollback)
+    release.start()
+    try:
+        store = FeedbackStore(f"sqlite:///{path}")
+    finally:
+        release.join()
+        holder.close()
+    store.close()
+    assert _version_rows(f"sqlite:///{path}") == [migrate.head()]
