@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: probability of smiling from which a face counts as smiling, for a checkpoint that stores no ``threshold`` of its own
 DEFAULT_THRESHOLD = 0.5
 #: a face whose probability is within this of the model's threshold is marked "Not sure — tell us?" on its card,
-#: so that clicks go where the model learns most from them
+#: to draw clicks where the model hesitates (benchmarks/bench_learning.py: so far as useful per click as random faces)
 UNSURE_BAND = 0.15
 
 
