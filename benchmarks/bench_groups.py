@@ -12,7 +12,7 @@ Reports per face width: recall, false boxes per photo, accuracy of the smiling a
 then false boxes on photos with no face and the time of a 1 MP one-face photo. Time is wall time and the
 process's CPU time (all threads): on a machine shared with other work the CPU time is the steadier figure.
 
-    .venv/bin/python benchmarks/bench_groups.py [--root CHECKOUT] [--scenes 2] [--faces 30] [--empty 4]
+    .venv/bin/python benchmarks/bench_groups.py [--root CHECKOUT] [--scenes 2] [--faces 30] [--empty 4] [--split test]
 
 ``--root`` imports ``smilekit`` from another checkout (e.g. a ``git worktree`` of an older commit).
 """
@@ -60,13 +60,13 @@ def background(kind: str, rng: np.random.Generator, size=SIZE) -> np.ndarray:
     return np.clip(base[..., None] * tint, 0, 255).astype(np.uint8)
 
 
-def sources(faces_mod, predictor, limit: int) -> list[dict]:
-    """Test photos with one detected face: path, label, box in the photo, single-face probability."""
+def sources(faces_mod, predictor, limit: int, split: str = "test") -> list[dict]:
+    """Photos of ``split`` with one detected face: path, label, box in the photo, single-face probability."""
     rows = []
     with open(DATA / "celeba-subset" / "split.csv") as f:
-        rows += [("celeba", DATA / "celeba-subset" / r["path"], int(r["smiling"])) for r in csv.DictReader(f) if r["split"] == "test"]
+        rows += [("celeba", DATA / "celeba-subset" / r["path"], int(r["smiling"])) for r in csv.DictReader(f) if r["split"] == split]
     with open(DATA / "mtfl" / "labels.csv") as f:
-        rows += [("mtfl", DATA / "mtfl" / r["path"], int(r["smiling"])) for r in csv.DictReader(f) if r["split"] == "test"]
+        rows += [("mtfl", DATA / "mtfl" / r["path"], int(r["smiling"])) for r in csv.DictReader(f) if r["split"] == split]
     rng = np.random.default_rng(1)
     order = rng.permutation(len(rows))
     from PIL import Image
@@ -176,6 +176,8 @@ def main(argv=None) -> int:
     parser.add_argument("--empty", type=int, default=4, help="photos with no face")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", choices=("val", "test"), default="test",
+                        help="the photos the faces come from (val to choose the detector's settings)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(args.root.resolve()))
     import cv2
@@ -187,9 +189,9 @@ def main(argv=None) -> int:
     set_threads(args.threads)
     cv2.setNumThreads(args.threads)
     predictor = Predictor()
-    srcs = sources(faces_mod, predictor, limit=150)
+    srcs = sources(faces_mod, predictor, limit=150, split=args.split)
     rng = np.random.default_rng(args.seed)
-    print(f"smilekit from {args.root.resolve()}; {len(srcs)} source faces "
+    print(f"smilekit from {args.root.resolve()}; {len(srcs)} source faces from {args.split} photos "
           f"({sum(s['kind'] == 'mtfl' for s in srcs)} MTFL); {SIZE[0]}x{SIZE[1]} JPEG scenes, {args.threads} threads\n")
     print("| face width | faces | found | recall | false boxes / photo | other faces of the pasted photos | accuracy found | same faces single | time / photo | CPU / photo |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -23,14 +23,17 @@ detector that finds anything, which suits one large face. Photos whose long side
 full resolution (``detail``, a greyscale copy up to 3,072 px, see :func:`smilekit.images.load_photo`): dlib
 HOG on the finest level for faces of about 70 px and more there, then Haar (frontal, alt2, and on the finest
 level the profile cascade both ways) on overlapping tiles, one octave of face sizes per level of a halving
-pyramid (tiles keep OpenCV's working memory small: Haar on a whole 2,667 x 2,000 photo took ~290 MB), each new
-face confirmed by dlib HOG or the alt2 cascade on a close-up of it (Haar alone puts several false boxes on
-textured 12 MP backgrounds). These faces are added to the chain's; the chain's own boxes, and so single-face
-photos, are unchanged.
+pyramid of :data:`GROUP_HAAR_LEVELS` levels (tiles keep OpenCV's working memory small: Haar on a whole 2,667 x
+2,000 photo took ~290 MB), each new face confirmed by dlib HOG or the alt2 cascade on a close-up of it (Haar
+alone puts several false boxes on textured 12 MP backgrounds). The chain's other boxes (larger faces) are
+confirmed and added; single-face photos keep the chain's box. dlib HOG and the close-ups run on as many threads
+as OpenCV uses.
 Measured with ``benchmarks/bench_groups.py``.
 """
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -86,11 +89,48 @@ _KEPT_CASCADES = ("frontalface_default",)
 _cascade = lru_cache(maxsize=None)(_load_cascade)
 
 
-@lru_cache(maxsize=None)
-def _hog():
-    import dlib
+#: dlib's detector and OpenCV's cascades keep state between calls, so each thread that searches for faces keeps
+#: its own (a cascade shared by two threads changed the results)
+_per_thread = threading.local()
 
-    return dlib.get_frontal_face_detector()
+
+def _hog():
+    """dlib's HOG face detector of the calling thread (made once per thread: ~0.25 s and ~7 MB)."""
+    if not hasattr(_per_thread, "hog"):
+        import dlib
+
+        _per_thread.hog = dlib.get_frontal_face_detector()
+    return _per_thread.hog
+
+
+@lru_cache(maxsize=None)
+def _helpers(count: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(count, thread_name_prefix="smilekit-faces")
+
+
+def _in_parallel(function, items: list) -> list:
+    """``[function(item) for item in items]`` on as many threads as OpenCV may use (the calling thread and
+    helpers kept for the kernel's life). For the group search's dlib HOG and close-ups, which run on one thread
+    each (dlib releases Python's lock); OpenCV's cascades already use every thread themselves."""
+    threads = min(cv2.getNumThreads(), len(items))
+    if threads < 2:
+        return [function(item) for item in items]
+    results = [None] * len(items)
+    indices, lock = iter(range(len(items))), threading.Lock()
+
+    def work():
+        while True:
+            with lock:
+                i = next(indices, None)
+            if i is None:
+                return
+            results[i] = function(items[i])
+
+    helping = [_helpers(cv2.getNumThreads() - 1).submit(work) for _ in range(threads - 1)]
+    work()
+    for helper in helping:
+        helper.result()  # raises what the helper raised
+    return results
 
 
 def _haar(gray: np.ndarray, name="frontalface_default", min_neighbors=5, pad=0.0, flip=False, min_side=0):
@@ -200,22 +240,35 @@ def _chain(gray: np.ndarray, last_resort: bool = True) -> list[Box]:
 #: the group search's cascades and their minNeighbors: lenient, since every new face is confirmed on a close-up.
 #: On 6 benchmark scenes + 2 faceless photos (175 faces of 40-100 px): default alone with 5 neighbours found 144
 #: faces, with 2: 162, with alt2 added: 170; scaleFactor 1.05 instead of alt2: 166 at twice the time.
-GROUP_CASCADES = (("frontalface_default", 2), ("frontalface_alt2", 2))
+GROUP_CASCADES = (("frontalface_default", 2, 1.1), ("frontalface_alt2", 2, 1.1))
 #: the profile cascade (and its mirror image) runs on the finest level only, where the smallest faces are, with
 #: a coarser scale factor: on 6 scenes of 177 faces 40 px wide, default + alt2 had a candidate for 167, adding
-#: the profile cascade 172 at scale factor 1.1 and 170 at 1.2, which takes 0.6 times as long; at 100 and 200
-#: px, dlib HOG finds what it would (below) for less time
-GROUP_FINE_CASCADE = ("profileface", 2)
-GROUP_FINE_SCALE_FACTOR = 1.2
+#: the profile cascade 172 at scale factor 1.1 and 170 at 1.2, which takes 0.6 times as long (1.25 and 1.3
+#: found as many on 8 scenes from val photos, for ~0.25 CPU-s less, but lost one of the turned faces of
+#: tests/test_groups.py). At 100 and 200 px, dlib HOG finds what it would (below) for less time
+GROUP_FINE_CASCADE = ("profileface", 2, 1.2)
 #: dlib HOG on the finest level finds faces of about 70 to HOG_TILE_OVERLAP pixels there, which Haar misses more
 #: often (caps, hands, turned heads): on 6 scenes each, Haar's candidates covered 160 of 165 faces 100 px wide
-#: and 150 of 155 at 200 px, with HOG 164 and 155. Larger faces are left to the coarser levels. It runs on
+#: and 150 of 155 at 200 px, with HOG 164 and 155. Larger faces are left to the chain. It runs on
 #: tiles of HOG_TILE plus HOG_TILE_OVERLAP: on a whole 2,667 x 2,000 level dlib kept ~40 MB; on 512-pixel
 #: tiles it took 5 times as long (each tile is searched with its overlap)
 HOG_TILE = 1024
 HOG_TILE_OVERLAP = 264
-#: the cascades that confirm faces on close-ups (200 x 200: small working buffers), kept loaded
-_group_cascade = lru_cache(maxsize=None)(_load_cascade)
+#: the cascades search this many levels of the pyramid: faces from GROUP_MIN_FACE to about 4.7 times that
+#: (168 px in a 12 MP photo). Larger faces are left to dlib HOG on the finest level (up to HOG_TILE_OVERLAP
+#: there: ~400 px) and to the single-face chain (from 20 px on the photo reduced to DETECT_MAX_SIDE: 125 px).
+#: On 16 scenes from val photos (455 faces of 40 to 200 px), searching every level found no face more and took
+#: ~0.35 of ~3.3 CPU-s a photo
+GROUP_HAAR_LEVELS = 2
+
+
+def _group_cascade(name: str) -> cv2.CascadeClassifier:
+    """The calling thread's cascade ``name`` that confirms faces on close-ups (200 x 200: small working
+    buffers), kept loaded."""
+    cascades = _per_thread.__dict__.setdefault("cascades", {})
+    if name not in cascades:
+        cascades[name] = _load_cascade(name)
+    return cascades[name]
 
 
 def _tiles(gray: np.ndarray, overlap: int, step: int = GROUP_TILE):
@@ -244,14 +297,22 @@ def _tiled_haar(gray: np.ndarray, max_side: int | None, cascade: cv2.CascadeClas
 
 def _tiled_hog(gray: np.ndarray) -> list[Box]:
     """dlib HOG boxes (in the Haar frame) of up to HOG_TILE_OVERLAP pixels on overlapping tiles of ``gray``."""
-    return [Box(b.x + left, b.y + top, b.w, b.h)
-            for left, top, tile in _tiles(gray, HOG_TILE_OVERLAP, HOG_TILE) for b in _hog_boxes(tile, upsample=0)]
+    def search(tile):
+        left, top, pixels = tile
+        return [Box(b.x + left, b.y + top, b.w, b.h) for b in _hog_boxes(pixels, upsample=0)]
+
+    return [box for boxes in _in_parallel(search, list(_tiles(gray, HOG_TILE_OVERLAP, HOG_TILE))) for box in boxes]
+
+
+def _fits_one_tile(level: np.ndarray) -> bool:
+    return max(level.shape) <= GROUP_TILE + GROUP_LEVEL_MAX_FACE + 8
 
 
 def _pyramid(finest: np.ndarray, scale: float) -> list[tuple[np.ndarray, float]]:
-    """(level, scale) from ``finest`` (``scale`` times the photo) halving until a level fits in one tile."""
+    """(level, scale): ``finest`` (``scale`` times the photo) and its halvings, GROUP_HAAR_LEVELS at most,
+    fewer if a level fits in one tile."""
     levels = [(finest, scale)]
-    while max(levels[-1][0].shape) > GROUP_TILE + GROUP_LEVEL_MAX_FACE + 8:
+    while len(levels) < GROUP_HAAR_LEVELS and not _fits_one_tile(levels[-1][0]):
         levels.append((_resized(levels[-1][0], 0.5), levels[-1][1] * 0.5))
     return levels
 
@@ -269,16 +330,16 @@ def _without(gray: np.ndarray, boxes: list[Box], margin: float = 0.15) -> np.nda
 
 def _haar_candidates(levels: list[tuple[np.ndarray, float]]) -> list[tuple[Box, int]]:
     """Haar faces on every level (the fine cascade on the finest only), in the pixels the levels were made from,
-    each with its number of detections (the cascade's neighbours), not yet confirmed."""
+    each with its number of detections (the cascade's neighbours), not yet confirmed. A level that fits in one
+    tile is searched for faces of every size."""
     boxes = []
-    for name, neighbours in GROUP_CASCADES + (GROUP_FINE_CASCADE,):
-        fine_only = (name, neighbours) == GROUP_FINE_CASCADE
+    for name, neighbours, scale_factor in GROUP_CASCADES + (GROUP_FINE_CASCADE,):
+        fine_only = (name, neighbours, scale_factor) == GROUP_FINE_CASCADE
         # loaded for this photo only, one at a time: OpenCV keeps a cascade's working buffers while it lives
         cascade = _load_cascade(name)
         for k, (level, scale) in enumerate(levels[:1] if fine_only else levels):
-            max_side = None if k == len(levels) - 1 else GROUP_LEVEL_MAX_FACE
-            boxes += [(b.scaled(1 / scale), v) for b, v in _tiled_haar(level, max_side, cascade, neighbours, mirror=fine_only,
-                                                                       scale_factor=GROUP_FINE_SCALE_FACTOR if fine_only else 1.1)]
+            max_side = None if _fits_one_tile(level) else GROUP_LEVEL_MAX_FACE
+            boxes += [(b.scaled(1 / scale), v) for b, v in _tiled_haar(level, max_side, cascade, neighbours, fine_only, scale_factor)]
         del cascade
     return boxes
 
@@ -326,14 +387,14 @@ def _group_faces(source: np.ndarray, min_face: float) -> list[Box]:
     """Faces of at least ``min_face`` pixels anywhere in ``source``, confirmed, in its pixels.
 
     The finest level shows ``min_face`` pixels as HAAR_WINDOW. dlib HOG's faces there come first; they are
-    then blanked out before the cascades search every level, whose small windows would otherwise spend most
+    then blanked out before the cascades search the pyramid, whose small windows would otherwise spend most
     of their time inside them (measured on a scene of 30 faces 200 px wide: the profile cascade 3.4 -> 1.9
     CPU-s). Overlapping Haar candidates are one face: tried most detections first (a lenient cascade also
     puts boxes twice too large around a small face), and the confirming detector's box is kept.
     """
     scale = min(1.0, HAAR_WINDOW / min_face)
     finest = _resized(source, scale)
-    hog = (_confirmed(source, b.scaled(1 / scale)) for b in _tiled_hog(finest))
+    hog = _in_parallel(lambda box: _confirmed(source, box.scaled(1 / scale)), _tiled_hog(finest))
     faces = [f for f in hog if f is not None]
     levels = _pyramid(_without(finest, [f.scaled(scale) for f in faces]), scale)
     clusters: list[list[Box]] = []
@@ -346,12 +407,10 @@ def _group_faces(source: np.ndarray, min_face: float) -> list[Box]:
                 break
         else:
             clusters.append([box])
-    for cluster in clusters:
-        for box in cluster[:GROUP_TRIES]:
-            found = _confirmed(source, box)
-            if found is not None:
-                faces.append(found)
-                break
+    def first_confirmed(cluster):
+        return next((f for f in (_confirmed(source, box) for box in cluster[:GROUP_TRIES]) if f is not None), None)
+
+    faces += [f for f in _in_parallel(first_confirmed, clusters) if f is not None]
     # of two confirmed faces one inside the other, the larger: the smaller is a part of it (or a face partly
     # hidden behind it), and keeping whichever came first lost the whole face
     return _remove_overlaps(faces)
@@ -387,17 +446,15 @@ def detect_faces(image: Image.Image, detail: Image.Image | np.ndarray | None = N
     # the lenient last resorts look for one large face: only when nothing else is found
     boxes = _chain(gray, last_resort=not group)
     chain = [b.scaled(factor) for b in boxes]
-    new = [g for g in group if not any(_overlaps(g, k) for k in chain)]
-    if len(chain) > 1 or new:  # not a one-face photo: the chain's boxes are confirmed (and placed) like the others
-        confirmed = [c for c in (_confirmed(source, k) for k in chain) if c is not None]
-        chain = []
-        for face in confirmed:
-            if not any(_overlaps(face, k) for k in chain):
-                chain.append(face)
-        new = [g for g in group if not any(_overlaps(g, k) for k in chain)]
-        boxes = [b.scaled(1 / factor) for b in chain]
-    boxes = boxes + [b.scaled(1 / factor) for b in new]
-    return sorted(boxes, key=lambda b: (b.x, b.y))
+    if len(chain) <= 1 and all(any(_overlaps(g, k) for k in chain) for g in group):
+        return boxes  # a one-face photo: the chain's box, as in a small photo
+    # a group: its confirmed faces stand, and the chain's other boxes are confirmed (and placed) like them
+    faces = list(group)
+    others = [k for k in chain if not any(_overlaps(k, g) for g in group)]
+    for face in _in_parallel(lambda k: _confirmed(source, k), others):
+        if face is not None and not any(_overlaps(face, f) for f in faces):
+            faces.append(face)
+    return sorted((b.scaled(1 / factor) for b in faces), key=lambda b: (b.x, b.y))
 
 
 def detect_live_faces(gray: np.ndarray) -> list[Box]:
