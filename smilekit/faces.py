@@ -23,8 +23,7 @@ detector that finds anything, which suits one large face. Photos whose long side
 full resolution (``detail``, a greyscale copy up to 3,072 px, see :func:`smilekit.images.load_photo`): dlib
 HOG on the finest level for faces of about 70 px and more there, then Haar (frontal, alt2, and on the finest
 level the profile cascade both ways) on overlapping tiles, one octave of face sizes per level of a halving
-pyramid of :data:`GROUP_HAAR_LEVELS` levels (tiles keep OpenCV's working memory small: Haar on a whole 2,667 x
-2,000 photo took ~290 MB), each new face confirmed by dlib HOG or the alt2 cascade on a close-up of it (Haar
+pyramid (tiles keep OpenCV's working memory small: Haar on a whole 2,667 x 2,000 photo took ~290 MB), each new face confirmed by dlib HOG or the alt2 cascade on a close-up of it (Haar
 alone puts several false boxes on textured 12 MP backgrounds). The chain's other boxes (larger faces) are
 confirmed and added; single-face photos keep the chain's box. dlib HOG and the close-ups run on as many threads
 as OpenCV uses.
@@ -249,17 +248,11 @@ GROUP_CASCADES = (("frontalface_default", 2, 1.1), ("frontalface_alt2", 2, 1.1))
 GROUP_FINE_CASCADE = ("profileface", 2, 1.2)
 #: dlib HOG on the finest level finds faces of about 70 to HOG_TILE_OVERLAP pixels there, which Haar misses more
 #: often (caps, hands, turned heads): on 6 scenes each, Haar's candidates covered 160 of 165 faces 100 px wide
-#: and 150 of 155 at 200 px, with HOG 164 and 155. Larger faces are left to the chain. It runs on
+#: and 150 of 155 at 200 px, with HOG 164 and 155. Larger faces are left to the coarser levels. It runs on
 #: tiles of HOG_TILE plus HOG_TILE_OVERLAP: on a whole 2,667 x 2,000 level dlib kept ~40 MB; on 512-pixel
 #: tiles it took 5 times as long (each tile is searched with its overlap)
 HOG_TILE = 1024
 HOG_TILE_OVERLAP = 264
-#: the cascades search this many levels of the pyramid: faces from GROUP_MIN_FACE to about 4.7 times that
-#: (168 px in a 12 MP photo). Larger faces are left to dlib HOG on the finest level (up to HOG_TILE_OVERLAP
-#: there: ~400 px) and to the single-face chain (from 20 px on the photo reduced to DETECT_MAX_SIDE: 125 px).
-#: On 16 scenes from val photos (455 faces of 40 to 200 px), searching every level found no face more, on 10
-#: scenes of 200 px faces one more of 260; it took ~0.3 of ~3.3 CPU-s a photo
-GROUP_HAAR_LEVELS = 2
 
 
 def _group_cascade(name: str) -> cv2.CascadeClassifier:
@@ -309,10 +302,9 @@ def _fits_one_tile(level: np.ndarray) -> bool:
 
 
 def _pyramid(finest: np.ndarray, scale: float) -> list[tuple[np.ndarray, float]]:
-    """(level, scale): ``finest`` (``scale`` times the photo) and its halvings, GROUP_HAAR_LEVELS at most,
-    fewer if a level fits in one tile."""
+    """(level, scale) from ``finest`` (``scale`` times the photo) halving until a level fits in one tile."""
     levels = [(finest, scale)]
-    while len(levels) < GROUP_HAAR_LEVELS and not _fits_one_tile(levels[-1][0]):
+    while not _fits_one_tile(levels[-1][0]):
         levels.append((_resized(levels[-1][0], 0.5), levels[-1][1] * 0.5))
     return levels
 
@@ -330,14 +322,15 @@ def _without(gray: np.ndarray, boxes: list[Box], margin: float = 0.15) -> np.nda
 
 def _haar_candidates(levels: list[tuple[np.ndarray, float]]) -> list[tuple[Box, int]]:
     """Haar faces on every level (the fine cascade on the finest only), in the pixels the levels were made from,
-    each with its number of detections (the cascade's neighbours), not yet confirmed. A level that fits in one
-    tile is searched for faces of every size."""
+    each with its number of detections (the cascade's neighbours), not yet confirmed. The last level, which fits
+    in one tile, is searched for faces of every size: the alt2 cascade there finds large faces the chain can
+    miss (two of four 1,000 px faces in a 12 MP collage)."""
     boxes = []
     for name, neighbours, scale_factor in GROUP_CASCADES + (GROUP_FINE_CASCADE,):
         fine_only = (name, neighbours, scale_factor) == GROUP_FINE_CASCADE
         # loaded for this photo only, one at a time: OpenCV keeps a cascade's working buffers while it lives
         cascade = _load_cascade(name)
-        for k, (level, scale) in enumerate(levels[:1] if fine_only else levels):
+        for level, scale in levels[:1] if fine_only else levels:
             max_side = None if _fits_one_tile(level) else GROUP_LEVEL_MAX_FACE
             boxes += [(b.scaled(1 / scale), v) for b, v in _tiled_haar(level, max_side, cascade, neighbours, fine_only, scale_factor)]
         del cascade

@@ -1,4 +1,6 @@
 """Group photos: every face of 40 to 200 px in a 12 MP photo is found, and none where there is no face."""
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -72,3 +74,18 @@ def test_one_face_photos_up_to_1200_px_are_detected_as_before(celeba_dir):
     photo = Image.open(celeba_dir / "img/0.jpg").convert("L")
     big = photo.resize((photo.width * 5, photo.height * 5))  # 890 x 1090
     assert faces.detect_faces(big) == faces._chain(np.asarray(big))
+
+
+def test_four_large_faces_in_a_12_mp_collage_are_all_found(celeba_dir):
+    """Faces of about 1,000 px in a large photo with more than one face: the chain alone found two of the four."""
+    photos = [Image.open(celeba_dir / f"img/{n}.jpg").convert("RGB") for n in (0, 1, 4, 5)]
+    w, h = photos[0].size
+    collage = Image.new("RGB", (2 * w, 2 * h))
+    for k, photo in enumerate(photos):
+        collage.paste(photo.resize((w, h)), ((k % 2) * w, (k // 2) * h))
+    collage = collage.resize((4032, 3024), Image.BICUBIC)
+    buffer = io.BytesIO()
+    collage.save(buffer, "JPEG", quality=92)
+    boxes, factor = detect(buffer.getvalue())
+    centres = sorted((int((b.x + b.w / 2) * factor // 2016), int((b.y + b.h / 2) * factor // 1512)) for b in boxes)
+    assert centres == [(0, 0), (0, 1), (1, 0), (1, 1)], boxes  # one face in each quarter
