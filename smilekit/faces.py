@@ -23,10 +23,10 @@ detector that finds anything, which suits one large face. Photos whose long side
 full resolution (``detail``, a greyscale copy up to 3,072 px, see :func:`smilekit.images.load_photo`): dlib
 HOG on the finest level for faces of about 70 px and more there, then Haar (frontal, alt2, and on the finest
 level the profile cascade both ways) on overlapping tiles, one octave of face sizes per level of a halving
-pyramid (tiles keep OpenCV's working memory small: Haar on a whole 2,667 x 2,000 photo took ~290 MB), each new face confirmed by dlib HOG or the alt2 cascade on a close-up of it (Haar
-alone puts several false boxes on textured 12 MP backgrounds). The chain's other boxes (larger faces) are
-confirmed and added; single-face photos keep the chain's box. dlib HOG and the close-ups run on as many threads
-as OpenCV uses.
+pyramid (tiles keep OpenCV's working memory small: Haar on a whole 2,667 x 2,000 photo took ~290 MB), each new
+face confirmed by dlib HOG or the alt2 cascade on a close-up of it (Haar alone puts several false boxes on
+textured 12 MP backgrounds). The chain's other boxes (larger faces) are confirmed and added; single-face
+photos keep the chain's box. dlib HOG and the close-ups run on as many threads as OpenCV uses.
 Measured with ``benchmarks/bench_groups.py``.
 """
 from __future__ import annotations
@@ -236,7 +236,8 @@ def _chain(gray: np.ndarray, last_resort: bool = True) -> list[Box]:
     return [b.scaled(1 / scale) for b in _remove_overlaps(boxes)]
 
 
-#: the group search's cascades and their minNeighbors: lenient, since every new face is confirmed on a close-up.
+#: the group search's cascades, their minNeighbors and scaleFactor: lenient, since every new face is confirmed
+#: on a close-up.
 #: On 6 benchmark scenes + 2 faceless photos (175 faces of 40-100 px): default alone with 5 neighbours found 144
 #: faces, with 2: 162, with alt2 added: 170; scaleFactor 1.05 instead of alt2: 166 at twice the time.
 GROUP_CASCADES = (("frontalface_default", 2, 1.1), ("frontalface_alt2", 2, 1.1))
