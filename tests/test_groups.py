@@ -69,6 +69,14 @@ def test_no_face_in_a_12_mp_photo_without_faces(bench, kind):
     assert boxes == []
 
 
+@pytest.mark.parametrize("seed", [100, 101])
+def test_the_single_face_search_alone_puts_no_face_on_a_blotchy_12_mp_photo(bench, seed):
+    """On these backgrounds the single-face chain finds one face-like blotch and the group search none; the
+    chain's box is kept only if a close-up confirms it (unconfirmed, it was a false face on 5 of 6 seeds)."""
+    boxes, _ = detect(bench.jpeg(bench.background("texture", np.random.default_rng(seed))))
+    assert boxes == []
+
+
 def test_one_face_photos_up_to_1200_px_are_detected_as_before(celeba_dir):
     """The group search runs only on photos above GROUP_SEARCH_MIN_SIDE: smaller photos get the chain alone."""
     photo = Image.open(celeba_dir / "img/0.jpg").convert("L")
