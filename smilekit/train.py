@@ -46,6 +46,8 @@ class TrainConfig:
     extra_train: list = field(default_factory=list)  # (uint8 context crops, labels) pairs, e.g. from feedback
     extra_share: float | None = None  # share of the draws given to extra_train (None: one more source for source_balance)
     init_from: str | None = None  # start from this checkpoint's weights (fine-tuning)
+    distill: float = 0.0  # fine-tuning: weight of a loss keeping init_from's outputs on the non-extra draws (learning without forgetting)
+    freeze_batchnorm: bool = False  # fine-tuning: keep init_from's BatchNorm statistics instead of re-estimating them
     threads: int = 2
     device: str = "cpu"  # cpu, cuda, mps or auto (the best present); torchrun workers share each epoch
 
@@ -156,6 +158,20 @@ class WeightAverage:
                 self.state[key].copy_(value)
 
 
+def freeze_batchnorm(model: torch.nn.Module) -> None:
+    """Put every BatchNorm layer in eval mode: it normalises with, and no longer updates, its running statistics."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def distillation_loss(logits: torch.Tensor, teacher: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``logits`` (the model's on inputs ``x``) toward ``teacher``'s probabilities on ``x``."""
+    with torch.no_grad():
+        target = torch.sigmoid(teacher(x))
+    return F.binary_cross_entropy_with_logits(logits, target)
+
+
 def load_split_crops(config: TrainConfig, split: str, progress=True) -> dict:
     """{dataset: (context crops, labels, samples)} for one split."""
     out = {}
@@ -177,6 +193,8 @@ def evaluate_sets(model, sets: dict, temperature: float = 1.0) -> tuple[dict, di
 
 def train(config: TrainConfig, progress: bool = True) -> dict:
     """Train, keep the best epoch, calibrate on validation, test, write the checkpoint; returns a report."""
+    if config.distill and not config.init_from:
+        raise ValueError("distill keeps the outputs of init_from: give a checkpoint to fine-tune")
     seed_everything(config.seed)
     torch.set_num_threads(config.threads)
     workers = Workers(pick_device(config.device))
@@ -201,6 +219,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     if config.extra_share is not None:
         weights = with_share(weights, sources == "feedback", config.extra_share)
     weights = torch.from_numpy(weights)
+    from_extra = torch.from_numpy(sources == "feedback")
 
     # model and optimiser
     if config.init_from:  # fine-tuning: the checkpoint's own architecture and weights
@@ -209,6 +228,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     else:
         model = build_model(config.arch, **config.arch_kwargs)
         arch, arch_kwargs = config.arch, getattr(model, "arch_kwargs", config.arch_kwargs)
+    teacher = load_checkpoint(config.init_from)[0].to(device).eval() if config.distill else None
     averaged = build_model(arch, **arch_kwargs)  # holds the moving average for validation (on the CPU)
     model.to(device)
     network = workers.wrap(model)
@@ -231,6 +251,8 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     best_state = None
     for epoch in range(state["epoch"], config.epochs):
         network.train()
+        if config.freeze_batchnorm:
+            freeze_batchnorm(model)
         started = time.time()
         order = torch.multinomial(weights, steps_per_epoch * config.batch_size * workers.world, replacement=True, generator=generator)
         order = order.view(-1, config.batch_size)[workers.rank :: workers.world]  # this worker's batches
@@ -241,6 +263,9 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
             x, y = augment(crops_t[idx], augment_generator).to(device), labels_t[idx].to(device)
             logits = network(x)
             loss = F.binary_cross_entropy_with_logits(logits, y)
+            keep = ~from_extra[idx].to(device)
+            if teacher is not None and keep.any():  # the original data's draws keep the base's outputs
+                loss = loss + config.distill * distillation_loss(logits[keep], teacher, x[keep])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -8,7 +8,8 @@ import torch
 from smilekit import evaluate
 from smilekit.model import load_checkpoint
 from smilekit.model import center
-from smilekit.train import TrainConfig, WeightAverage, augment, balanced_weights, erase, train
+from smilekit.train import (TrainConfig, WeightAverage, augment, balanced_weights, distillation_loss, erase, freeze_batchnorm,
+                            train)
 
 
 def test_augment_and_center_shapes_and_range():
@@ -84,6 +85,55 @@ def test_weight_average_follows_the_model_smoothly():
     for _ in range(300):
         average.update(net)
     assert torch.allclose(average.state["weight"], net.weight, atol=1e-5)
+
+
+def test_frozen_batchnorm_keeps_its_statistics_while_the_rest_trains():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Dropout(0.5))
+    net.train()
+    freeze_batchnorm(net)
+    before = net[1].running_mean.clone()
+    net(torch.randn(4, 1, 8, 8) + 5)
+    assert torch.equal(net[1].running_mean, before) and not net[1].training and net[2].training
+    net.train()  # unfrozen, the same batch moves the statistics
+    net(torch.randn(4, 1, 8, 8) + 5)
+    assert not torch.equal(net[1].running_mean, before)
+
+
+def test_distillation_pulls_the_logits_toward_the_teachers():
+    teacher = torch.nn.Linear(3, 1)
+    x = torch.randn(16, 3)
+    with torch.no_grad():
+        target = teacher(x)
+    same = target.clone().requires_grad_()
+    distillation_loss(same, teacher, x).backward()
+    assert same.grad.abs().max() < 1e-6  # at the teacher's outputs there is nothing to learn
+    moved = (target + 2).requires_grad_()
+    loss = distillation_loss(moved, teacher, x)
+    loss.backward()
+    assert (moved.grad > 0).all() and loss > distillation_loss(target, teacher, x)  # higher logits are pushed back down
+
+
+def test_distill_needs_a_checkpoint_to_keep(tmp_path):
+    with pytest.raises(ValueError, match="init_from"):
+        train(TrainConfig(data_root=str(tmp_path), datasets=(), distill=1.0, out=str(tmp_path / "m.pt")), progress=False)
+
+
+@pytest.mark.slow
+def test_fine_tuning_with_frozen_batchnorm_keeps_the_base_statistics(shared_data, tmp_path):
+    from smilekit.model import SmileNet, save_checkpoint
+
+    base = tmp_path / "base.pt"
+    save_checkpoint(base, SmileNet(width=8), "smilenet", {"width": 8})
+    start = load_checkpoint(base)[0].state_dict()
+    statistics = [k for k in start if k.endswith(("running_mean", "running_var"))]
+    tuned = {}
+    for frozen in (True, False):
+        config = TrainConfig(data_root=str(shared_data), datasets=("smilesmiled",), epochs=1, limit=20, draws_per_epoch=256,
+                             batch_size=32, init_from=str(base), distill=1.0, freeze_batchnorm=frozen, out=str(tmp_path / f"{frozen}.pt"))
+        assert train(config, progress=False)["config"]["freeze_batchnorm"] is frozen
+        tuned[frozen] = load_checkpoint(config.out)[0].state_dict()
+    assert statistics and all(torch.equal(tuned[True][k], start[k]) for k in statistics)
+    assert not all(torch.equal(tuned[False][k], start[k]) for k in statistics)
 
 
 @pytest.fixture(scope="module")
