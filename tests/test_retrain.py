@@ -139,6 +139,19 @@ def test_fine_tune_passes_the_forgetting_settings_to_training(tmp_path, monkeypa
     assert (seen[1].distill, seen[1].freeze_batchnorm) == (retrain.RetrainConfig.distill, retrain.RetrainConfig.freeze_batchnorm)
 
 
+@pytest.mark.parametrize("flags, expected", [([], (retrain.RetrainConfig.distill, retrain.RetrainConfig.freeze_batchnorm)),
+                                              (["--distill", "2.5", "--freeze-batchnorm"], (2.5, True)),
+                                              (["--distill", "0", "--no-freeze-batchnorm"], (0.0, False))])
+def test_retrain_command_takes_the_forgetting_settings(flags, expected, monkeypatch, capsys):
+    from smilekit import cli
+
+    seen = []
+    empty = {"candidate": None, "promoted": False, "before": {}, "after": {}, "feedback": 0}
+    monkeypatch.setattr(retrain, "retrain", lambda config, **kwargs: seen.append(config) or empty)
+    assert cli.main(["retrain", "--quiet", *flags]) == 0
+    assert (seen[0].distill, seen[0].freeze_batchnorm) == expected
+
+
 # -- the retrain command, end to end on a small run ----------------------------------------------------------------
 
 def _feedback_db(tmp_path, smilesmiled_dir, consented: int, without_crop: int = 2) -> str:
