@@ -122,7 +122,6 @@ def main() -> None:
     parser.add_argument("--epochs", default=str(retrain.RetrainConfig.epochs))
     parser.add_argument("--lr", default=str(retrain.RetrainConfig.lr))
     parser.add_argument("--distill", default=str(retrain.RetrainConfig.distill))
-    parser.add_argument("--freeze-batchnorm", default=str(int(retrain.RetrainConfig.freeze_batchnorm)), help="0, 1 or both")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--limit", type=int, help="images per split of the original data (quick runs)")
     parser.add_argument("--test-limit", type=int, help="faces of the collection's scored split (quick runs)")
@@ -157,11 +156,10 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="smilekit-learning-") as tmp:
         for share in numbers(args.feedback_share, float):
-            for epochs, lr, distill, freeze in itertools.product(numbers(args.epochs), numbers(args.lr, float),
-                                                                 numbers(args.distill, float), numbers(args.freeze_batchnorm)):
+            for epochs, lr, distill in itertools.product(numbers(args.epochs), numbers(args.lr, float), numbers(args.distill, float)):
                 for n, wrong, uncertain in runs:
                     start = time.monotonic()
-                    name = f"{share}-{epochs}-{lr}-{distill}-{freeze}-{n}-{wrong}-{uncertain}"
+                    name = f"{share}-{epochs}-{lr}-{distill}-{n}-{wrong}-{uncertain}"
                     url = f"sqlite:///{tmp}/clicks-{name}.db"
                     chosen = pick_clicks(pool_probs, n, base.threshold, uncertain)
                     clicked = [pool[i] for i in chosen]
@@ -170,7 +168,7 @@ def main() -> None:
                     refit = metrics.best_threshold(given, pool_probs[chosen])  # calibration alone: the base, its cut fitted on the clicks
                     config = retrain.RetrainConfig(db_url=url, data_root=str(args.data), model=str(args.base), datasets=datasets,
                                                    epochs=epochs, lr=lr, limit=args.limit, feedback_share=share, threads=args.threads,
-                                                   distill=distill, freeze_batchnorm=bool(freeze),
+                                                   distill=distill,
                                                    work_dir=str(Path(tmp) / f"work-{name}"))
                     outcome = retrain.retrain(config, progress=False, say=lambda line: None)
                     candidate = Predictor(outcome["candidate"])  # the app cuts the same crops whatever the model
@@ -179,7 +177,7 @@ def main() -> None:
                               else {k: v * 100 for k, v in outcome["changes"].items() if k != args.collection})
                     row = {"clicks": n, "wrong_share": wrong, "wrong_clicks": int((given != [l for _, l in clicked]).sum()),
                            "uncertain_first": uncertain, "feedback_share": share, "epochs": epochs, "lr": lr, "distill": distill,
-                           "freeze_batchnorm": bool(freeze), "held_out_before": before,
+                           "held_out_before": before,
                            "held_out_after": after, "gain_points": (after - before) * 100,
                            "threshold_refit_only": {"threshold": refit, "held_out": metrics.accuracy(labels, base_probs, refit),
                                                     "gain_points": (metrics.accuracy(labels, base_probs, refit) - before) * 100},
@@ -188,7 +186,7 @@ def main() -> None:
                     results.append(row)
                     args.out.write_text(json.dumps(dict(payload, load_average=os.getloadavg()), indent=2))  # after every run
                     listed = ", ".join(f"{k} {v:+.2f}" for k, v in others.items())
-                    print(f"share {share}, {epochs} epochs, lr {lr:g}, distill {distill:g}, frozen BN {bool(freeze)}, {n:>5} {'uncertain' if uncertain else 'random'} clicks, {wrong:.0%} wrong: "
+                    print(f"share {share}, {epochs} epochs, lr {lr:g}, distill {distill:g}, {n:>5} {'uncertain' if uncertain else 'random'} clicks, {wrong:.0%} wrong: "
                           f"{args.collection} {before:.4f} -> {after:.4f} ({row['gain_points']:+.2f} points; threshold refit alone "
                           f"{row['threshold_refit_only']['gain_points']:+.2f}); others ({row['others_split']}) {listed}; "
                           f"rule allows: {row['rule_allows']}; {row['minutes']:.1f} min", flush=True)

@@ -47,7 +47,6 @@ class TrainConfig:
     extra_share: float | None = None  # share of the draws given to extra_train (None: one more source for source_balance)
     init_from: str | None = None  # start from this checkpoint's weights (fine-tuning)
     distill: float = 0.0  # fine-tuning: weight of a loss keeping init_from's outputs on the non-extra draws (learning without forgetting)
-    freeze_batchnorm: bool = False  # fine-tuning: keep init_from's BatchNorm statistics instead of re-estimating them
     threads: int = 2
     device: str = "cpu"  # cpu, cuda, mps or auto (the best present); torchrun workers share each epoch
 
@@ -158,13 +157,6 @@ class WeightAverage:
                 self.state[key].copy_(value)
 
 
-def freeze_batchnorm(model: torch.nn.Module) -> None:
-    """Put every BatchNorm layer in eval mode: it normalises with, and no longer updates, its running statistics."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.eval()
-
-
 def distillation_loss(logits: torch.Tensor, teacher: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of ``logits`` (the model's on inputs ``x``) toward ``teacher``'s probabilities on ``x``."""
     with torch.no_grad():
@@ -251,8 +243,6 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     best_state = None
     for epoch in range(state["epoch"], config.epochs):
         network.train()
-        if config.freeze_batchnorm:
-            freeze_batchnorm(model)
         started = time.time()
         order = torch.multinomial(weights, steps_per_epoch * config.batch_size * workers.world, replacement=True, generator=generator)
         order = order.view(-1, config.batch_size)[workers.rank :: workers.world]  # this worker's batches
