@@ -44,7 +44,8 @@ class RetrainConfig:
     feedback_share: float = 0.5  # share of the training draws that are feedback crops (the rest: the original data; chosen on MTFL val)
     # weight of the loss keeping the current model's outputs on the original data's draws (learning without forgetting).
     # MTFL val, 1,000 clicks, change in points: 0 -> MTFL +8.5, SMILEsmileD -1.7, CelebA -1.6, FER2013 -1.0;
-    # 1 -> MTFL +7.0, SMILEsmileD -0.8, CelebA -0.4, FER2013 -0.6 (benchmarks/bench_learning.py, outputs/metrics/learning-val.json)
+    # 1 -> MTFL +7.0, SMILEsmileD -0.8, CelebA -0.4, FER2013 -0.6; 3 -> MTFL +4.1, SMILEsmileD -0.5, CelebA -0.4, FER2013 -0.2
+    # (benchmarks/bench_learning.py, outputs/metrics/learning-val.json)
     distill: float = 1.0
     threads: int = TrainConfig.threads  # CPU threads for fine-tuning
     max_drop: float = MAX_DROP  # refuse the candidate if a test split's accuracy drops by more than this
