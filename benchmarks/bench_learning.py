@@ -44,7 +44,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from smilekit import metrics, retrain  # noqa: E402
+from smilekit import evaluate, metrics, retrain  # noqa: E402
 from smilekit.data import select  # noqa: E402
 from smilekit.feedback import FeedbackStore  # noqa: E402
 from smilekit.predict import Predictor  # noqa: E402
@@ -95,6 +95,13 @@ def pick_clicks(probs: np.ndarray, count: int, threshold: float, uncertain: bool
     return np.argsort(np.abs(probs - threshold), kind="stable")[:count] if uncertain else np.arange(count)
 
 
+def other_changes(data: Path, collection: str, split: str, limit, base: Path):
+    """A function giving, for a candidate checkpoint, {other dataset: change in accuracy points} on ``split``."""
+    sets = evaluate.load_sets(data, [d for d in retrain.available_test_sets(data) if d != collection], split, limit)
+    before = evaluate.summaries(evaluate.evaluate(base, sets))
+    return lambda candidate: {k: v * 100 for k, v in retrain.changes(before, evaluate.summaries(evaluate.evaluate(candidate, sets))).items()}
+
+
 def numbers(text: str, kind=int) -> list:
     """The comma-separated numbers of a command-line list (empty: none)."""
     return [kind(part) for part in text.split(",") if part]
@@ -114,6 +121,7 @@ def main() -> None:
     parser.add_argument("--feedback-share", default=str(retrain.RetrainConfig.feedback_share))
     parser.add_argument("--epochs", default=str(retrain.RetrainConfig.epochs))
     parser.add_argument("--lr", default=str(retrain.RetrainConfig.lr))
+    parser.add_argument("--distill", default=str(retrain.RetrainConfig.distill))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--limit", type=int, help="images per split of the original data (quick runs)")
     parser.add_argument("--test-limit", type=int, help="faces of the collection's scored split (quick runs)")
@@ -138,6 +146,8 @@ def main() -> None:
     base_probs, scored_crops = score(base, scored)
     before = metrics.accuracy(labels, base_probs, base.threshold)
     pool_probs, pool_crops = score(base, pool)
+    # settings are chosen on val: the other datasets' val splits too (the promotion rule reads their test splits)
+    others_on_val = other_changes(args.data, args.collection, "val", args.limit, args.base) if args.split == "val" else None
     print(f"{args.collection} {args.split} split, {len(scored)} faces: accuracy {before:.4f} with {base.version} "
           f"(trained on {', '.join(datasets)})", flush=True)
     results = []
@@ -146,10 +156,10 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="smilekit-learning-") as tmp:
         for share in numbers(args.feedback_share, float):
-            for epochs, lr in itertools.product(numbers(args.epochs), numbers(args.lr, float)):
+            for epochs, lr, distill in itertools.product(numbers(args.epochs), numbers(args.lr, float), numbers(args.distill, float)):
                 for n, wrong, uncertain in runs:
                     start = time.monotonic()
-                    name = f"{share}-{epochs}-{lr}-{n}-{wrong}-{uncertain}"
+                    name = f"{share}-{epochs}-{lr}-{distill}-{n}-{wrong}-{uncertain}"
                     url = f"sqlite:///{tmp}/clicks-{name}.db"
                     chosen = pick_clicks(pool_probs, n, base.threshold, uncertain)
                     clicked = [pool[i] for i in chosen]
@@ -158,24 +168,27 @@ def main() -> None:
                     refit = metrics.best_threshold(given, pool_probs[chosen])  # calibration alone: the base, its cut fitted on the clicks
                     config = retrain.RetrainConfig(db_url=url, data_root=str(args.data), model=str(args.base), datasets=datasets,
                                                    epochs=epochs, lr=lr, limit=args.limit, feedback_share=share, threads=args.threads,
+                                                   distill=distill,
                                                    work_dir=str(Path(tmp) / f"work-{name}"))
                     outcome = retrain.retrain(config, progress=False, say=lambda line: None)
                     candidate = Predictor(outcome["candidate"])  # the app cuts the same crops whatever the model
                     after = metrics.accuracy(labels, candidate.predict_proba(scored_crops), candidate.threshold)
-                    others = {k: v * 100 for k, v in outcome["changes"].items() if k != args.collection}
+                    others = (others_on_val(outcome["candidate"]) if others_on_val
+                              else {k: v * 100 for k, v in outcome["changes"].items() if k != args.collection})
                     row = {"clicks": n, "wrong_share": wrong, "wrong_clicks": int((given != [l for _, l in clicked]).sum()),
-                           "uncertain_first": uncertain, "feedback_share": share, "epochs": epochs, "lr": lr, "held_out_before": before,
+                           "uncertain_first": uncertain, "feedback_share": share, "epochs": epochs, "lr": lr, "distill": distill,
+                           "held_out_before": before,
                            "held_out_after": after, "gain_points": (after - before) * 100,
                            "threshold_refit_only": {"threshold": refit, "held_out": metrics.accuracy(labels, base_probs, refit),
                                                     "gain_points": (metrics.accuracy(labels, base_probs, refit) - before) * 100},
-                           "other_changes_points": others,
+                           "other_changes_points": others, "others_split": "val" if others_on_val else "test",
                            "rule_allows": outcome["reason"].startswith("promoted"), "minutes": (time.monotonic() - start) / 60}
                     results.append(row)
                     args.out.write_text(json.dumps(dict(payload, load_average=os.getloadavg()), indent=2))  # after every run
                     listed = ", ".join(f"{k} {v:+.2f}" for k, v in others.items())
-                    print(f"share {share}, {epochs} epochs, lr {lr:g}, {n:>5} {'uncertain' if uncertain else 'random'} clicks, {wrong:.0%} wrong: "
+                    print(f"share {share}, {epochs} epochs, lr {lr:g}, distill {distill:g}, {n:>5} {'uncertain' if uncertain else 'random'} clicks, {wrong:.0%} wrong: "
                           f"{args.collection} {before:.4f} -> {after:.4f} ({row['gain_points']:+.2f} points; threshold refit alone "
-                          f"{row['threshold_refit_only']['gain_points']:+.2f}); others {listed}; "
+                          f"{row['threshold_refit_only']['gain_points']:+.2f}); others ({row['others_split']}) {listed}; "
                           f"rule allows: {row['rule_allows']}; {row['minutes']:.1f} min", flush=True)
     print("written:", args.out)
 

@@ -46,6 +46,7 @@ class TrainConfig:
     extra_train: list = field(default_factory=list)  # (uint8 context crops, labels) pairs, e.g. from feedback
     extra_share: float | None = None  # share of the draws given to extra_train (None: one more source for source_balance)
     init_from: str | None = None  # start from this checkpoint's weights (fine-tuning)
+    distill: float = 0.0  # fine-tuning: weight of a loss keeping init_from's outputs on the non-extra draws (learning without forgetting)
     threads: int = 2
     device: str = "cpu"  # cpu, cuda, mps or auto (the best present); torchrun workers share each epoch
 
@@ -156,6 +157,13 @@ class WeightAverage:
                 self.state[key].copy_(value)
 
 
+def distillation_loss(logits: torch.Tensor, teacher: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``logits`` (the model's on inputs ``x``) toward ``teacher``'s probabilities on ``x``."""
+    with torch.no_grad():
+        target = torch.sigmoid(teacher(x))
+    return F.binary_cross_entropy_with_logits(logits, target)
+
+
 def load_split_crops(config: TrainConfig, split: str, progress=True) -> dict:
     """{dataset: (context crops, labels, samples)} for one split."""
     out = {}
@@ -177,6 +185,8 @@ def evaluate_sets(model, sets: dict, temperature: float = 1.0) -> tuple[dict, di
 
 def train(config: TrainConfig, progress: bool = True) -> dict:
     """Train, keep the best epoch, calibrate on validation, test, write the checkpoint; returns a report."""
+    if config.distill and not config.init_from:
+        raise ValueError("distill keeps the outputs of init_from: give a checkpoint to fine-tune")
     seed_everything(config.seed)
     torch.set_num_threads(config.threads)
     workers = Workers(pick_device(config.device))
@@ -201,6 +211,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     if config.extra_share is not None:
         weights = with_share(weights, sources == "feedback", config.extra_share)
     weights = torch.from_numpy(weights)
+    from_extra = torch.from_numpy(sources == "feedback")
 
     # model and optimiser
     if config.init_from:  # fine-tuning: the checkpoint's own architecture and weights
@@ -209,6 +220,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     else:
         model = build_model(config.arch, **config.arch_kwargs)
         arch, arch_kwargs = config.arch, getattr(model, "arch_kwargs", config.arch_kwargs)
+    teacher = load_checkpoint(config.init_from)[0].to(device).eval() if config.distill else None
     averaged = build_model(arch, **arch_kwargs)  # holds the moving average for validation (on the CPU)
     model.to(device)
     network = workers.wrap(model)
@@ -241,6 +253,9 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
             x, y = augment(crops_t[idx], augment_generator).to(device), labels_t[idx].to(device)
             logits = network(x)
             loss = F.binary_cross_entropy_with_logits(logits, y)
+            keep = ~from_extra[idx].to(device)
+            if teacher is not None and keep.any():  # the original data's draws keep the base's outputs
+                loss = loss + config.distill * distillation_loss(logits[keep], teacher, x[keep])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -128,6 +128,27 @@ def test_fine_tune_keeps_the_base_architecture_and_its_settings(shared_data, tmp
     assert model.head[-1].in_features == 64  # 8 * 2**3 channels, as in the base
 
 
+def test_fine_tune_passes_the_forgetting_settings_to_training(tmp_path, monkeypatch):
+    base = tmp_path / "base.pt"
+    save_checkpoint(base, SmileNet(width=4), "smilenet", {"width": 4}, data={"smilesmiled": {"train": 40}})
+    seen = []
+    monkeypatch.setattr(retrain, "train", lambda config, progress: seen.append(config) or {})
+    retrain.fine_tune(base, [], tmp_path / "tuned.pt", tmp_path, distill=0.5, progress=False)
+    retrain.fine_tune(base, [], tmp_path / "tuned.pt", tmp_path, progress=False)
+    assert (seen[0].distill, seen[0].init_from) == (0.5, str(base)) and seen[1].distill == retrain.RetrainConfig.distill
+
+
+@pytest.mark.parametrize("flags, expected", [([], retrain.RetrainConfig.distill), (["--distill", "2.5"], 2.5), (["--distill", "0"], 0.0)])
+def test_retrain_command_takes_the_forgetting_settings(flags, expected, monkeypatch, capsys):
+    from smilekit import cli
+
+    seen = []
+    empty = {"candidate": None, "promoted": False, "before": {}, "after": {}, "feedback": 0}
+    monkeypatch.setattr(retrain, "retrain", lambda config, **kwargs: seen.append(config) or empty)
+    assert cli.main(["retrain", "--quiet", *flags]) == 0
+    assert seen[0].distill == expected
+
+
 # -- the retrain command, end to end on a small run ----------------------------------------------------------------
 
 def _feedback_db(tmp_path, smilesmiled_dir, consented: int, without_crop: int = 2) -> str:

@@ -8,7 +8,7 @@ import torch
 from smilekit import evaluate
 from smilekit.model import load_checkpoint
 from smilekit.model import center
-from smilekit.train import TrainConfig, WeightAverage, augment, balanced_weights, erase, train
+from smilekit.train import (TrainConfig, WeightAverage, augment, balanced_weights, distillation_loss, erase, train)
 
 
 def test_augment_and_center_shapes_and_range():
@@ -84,6 +84,44 @@ def test_weight_average_follows_the_model_smoothly():
     for _ in range(300):
         average.update(net)
     assert torch.allclose(average.state["weight"], net.weight, atol=1e-5)
+
+
+def test_distillation_pulls_the_logits_toward_the_teachers():
+    teacher = torch.nn.Linear(3, 1)
+    x = torch.randn(16, 3)
+    with torch.no_grad():
+        target = teacher(x)
+    same = target.clone().requires_grad_()
+    distillation_loss(same, teacher, x).backward()
+    assert same.grad.abs().max() < 1e-6  # at the teacher's outputs there is nothing to learn
+    moved = (target + 2).requires_grad_()
+    loss = distillation_loss(moved, teacher, x)
+    loss.backward()
+    assert (moved.grad > 0).all() and loss > distillation_loss(target, teacher, x)  # higher logits are pushed back down
+
+
+def test_distill_needs_a_checkpoint_to_keep(tmp_path):
+    with pytest.raises(ValueError, match="init_from"):
+        train(TrainConfig(data_root=str(tmp_path), datasets=(), distill=1.0, out=str(tmp_path / "m.pt")), progress=False)
+
+
+@pytest.mark.slow
+def test_distillation_keeps_a_fine_tuned_model_nearer_the_base_on_the_original_data(shared_data, tmp_path):
+    from smilekit.model import SmileNet, logits_of, save_checkpoint
+
+    base = tmp_path / "base.pt"
+    torch.manual_seed(0)
+    save_checkpoint(base, SmileNet(width=8), "smilenet", {"width": 8})
+    extra = (np.random.default_rng(0).integers(0, 256, (16, 80, 80), dtype=np.uint8), np.ones(16, int))  # "feedback": all smiling
+    original = center(torch.from_numpy(evaluate.load_sets(shared_data, ("smilesmiled",), "val", 40)["smilesmiled"].crops))
+    moved = {}
+    for distill in (0.0, 10.0):
+        config = TrainConfig(data_root=str(shared_data), datasets=("smilesmiled",), epochs=1, limit=40, draws_per_epoch=512,
+                             batch_size=32, lr=1e-2, init_from=str(base), extra_train=[extra], extra_share=0.5, distill=distill,
+                             ema_decay=0.0, out=str(tmp_path / f"{distill}.pt"))
+        train(config, progress=False)
+        moved[distill] = np.abs(logits_of(load_checkpoint(config.out)[0], original) - logits_of(load_checkpoint(base)[0], original)).mean()
+    assert moved[10.0] < moved[0.0] / 2
 
 
 @pytest.fixture(scope="module")
