@@ -196,8 +196,8 @@ def _last_resort(gray: np.ndarray) -> list[Box]:
 
 def _last_resort_boxes(gray: np.ndarray) -> list[Box]:
     """The chain's lenient last resorts alone, on ``gray`` reduced to DETECT_MAX_SIDE; boxes in its pixels."""
-    scale = min(1.0, DETECT_MAX_SIDE / max(gray.shape))
-    return [b.scaled(1 / scale) for b in _last_resort(_resized(gray, scale))]
+    small, scale = _chain_input(gray)
+    return [b.scaled(1 / scale) for b in _last_resort(small)]
 
 
 def _remove_overlaps(boxes: list[Box]) -> list[Box]:
@@ -233,11 +233,16 @@ def _resized(gray: np.ndarray, scale: float) -> np.ndarray:
     return cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
 
 
+def _chain_input(gray: np.ndarray) -> tuple[np.ndarray, float]:
+    """``gray`` reduced to DETECT_MAX_SIDE, and the scale it was reduced by."""
+    scale = min(1.0, DETECT_MAX_SIDE / max(gray.shape))
+    return _resized(gray, scale), scale
+
+
 def _chain(gray: np.ndarray, last_resort: bool = True) -> list[Box]:
     """The single-face chain on ``gray`` reduced to DETECT_MAX_SIDE (without the lenient last resorts if
     ``last_resort`` is False); boxes in ``gray``'s pixels."""
-    scale = min(1.0, DETECT_MAX_SIDE / max(gray.shape))
-    small = _resized(gray, scale)
+    small, scale = _chain_input(gray)
     boxes = _haar(small) or _haar(small, pad=0.15) or _hog_boxes(small) or (_last_resort(small) if last_resort else [])
     return [b.scaled(1 / scale) for b in _remove_overlaps(boxes)]
 
@@ -539,11 +544,7 @@ def face_in_crop(image: Image.Image, fallback: tuple = CROP_BOX_IN_TIGHT_CROP) -
     images are detected on a copy reduced to :data:`DETECT_MAX_SIDE`: the padding
     grows with the long side, and Haar on a padded 2048-pixel strip took ~500 MB.
     """
-    gray = np.asarray(image.convert("L"))
-    scale = min(1.0, DETECT_MAX_SIDE / max(gray.shape))
-    if scale < 1.0:
-        size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
-        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    gray, scale = _chain_input(np.asarray(image.convert("L")))
     boxes = _haar(gray, pad=0.5)
     if boxes:
         return max(boxes, key=lambda b: b.w).scaled(1 / scale)
