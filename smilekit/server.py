@@ -1,9 +1,10 @@
 """The app's web server: Voilà, with admission control in front of the page (``scripts/serve`` runs it).
 
-``python -m smilekit.server notebooks/app.ipynb [voila options]`` is ``voila`` with three differences:
+``python -m smilekit.server notebooks/app.ipynb [voila options]`` is ``voila`` with four differences:
 the page's handler first asks ``admission.Sessions`` for a place (a busy page with HTTP 503 when there
-is none), the idle cull spares a kernel whose page is still loading, and the preheated pool's size
-defaults to ``settings.pool_size()``.
+is none), the idle cull spares a kernel whose page is still loading, the preheated pool's size
+defaults to ``settings.pool_size()``, and kernels are forked from a preloaded process
+(``forkkernel``) when ``settings.fork_kernels()``.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from voila.tornado.handler import TornadoVoilaHandler
 
 from smilekit import settings
 from smilekit.admission import Sessions, busy_page, retry_after
+from smilekit.forkkernel import use_forked_kernels
 
 
 class _KernelIdRecorder:
@@ -114,6 +116,8 @@ class SmileKitVoila(Voila):
 def main(argv: list[str] | None = None) -> None:
     """Run the server; options after the notebook are Voilà's (given ones win over the defaults here)."""
     argv = sys.argv[1:] if argv is None else argv
+    if settings.fork_kernels():
+        use_forked_kernels()
     SmileKitVoila.launch_instance([f"--pool_size={settings.pool_size()}", *argv])
 
 
