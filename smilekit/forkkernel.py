@@ -109,13 +109,13 @@ def _run_kernel(request: dict, ready_fd: int) -> None:  # pragma: no cover (runs
             os._exit(code)
 
 
-def zygote(path: str) -> None:
-    """Import ``PRELOAD``, then fork a kernel for each request on the Unix socket ``path`` until stdin closes.
+def zygote(path: str, preload: list[str]) -> None:
+    """Import the modules ``preload``, then fork a kernel for each request on the Unix socket ``path`` until stdin closes.
 
     A request is one JSON line ``{"cmd", "env", "cwd"}`` (``cmd``: ``python -m ipykernel_launcher ...``); the answer is ``{"pid": ...}`` at once, then
     ``{"exit": code}`` (negative: killed by that signal) when the kernel has ended and been reaped."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on the server: the server stops the kernels, then us
-    for name in PRELOAD:
+    for name in preload:
         importlib.import_module(name)
     if _threads() > 1:
         print(f"smilekit.forkkernel: the zygote runs {_threads()} threads; only one survives in a kernel",
@@ -261,9 +261,15 @@ class Zygote:
         env = dict(os.environ, OPENBLAS_NUM_THREADS=str(settings.inference_threads()))
         # run from that empty folder: smilekit and the rest are found as a kernel finds them (PYTHONPATH, site)
         padding = " " * COMMAND_ROOM  # room for each kernel's command line (_show_command)
-        self.proc = subprocess.Popen([sys.executable, "-m", "smilekit.forkkernel", self.path, padding],
+        self.proc = subprocess.Popen([sys.executable, "-m", "smilekit.forkkernel", self.path, padding, *PRELOAD],
                                      stdin=subprocess.PIPE, env=env, cwd=folder)
         log.info("kernel zygote started (pid %d): kernels are forked from it (SMILEKIT_FORK_KERNELS)", self.proc.pid)
+
+    def stop(self) -> None:
+        """End the zygote (it ends by itself when the server does): its kernels then exit too."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(30)
 
     async def _connect(self) -> socket.socket | None:
         """A connection to the zygote once it is ready, starting it if needed; None if it cannot be had."""
@@ -334,7 +340,7 @@ class ForkProvisioner(LocalProvisioner):
     async def launch_kernel(self, cmd: list[str], **kwargs):
         why = _forkable(cmd, kwargs)
         process = None if why else await _zygote.fork(cmd, kwargs.get("env") or dict(os.environ),
-                                                      str(kwargs.get("cwd") or os.getcwd()))
+                                                      os.path.abspath(kwargs.get("cwd") or os.getcwd()))
         if process is None:
             if why:
                 log.warning("kernel started the usual way: %s", why)
@@ -359,4 +365,4 @@ def use_forked_kernels() -> None:
 if __name__ == "__main__":
     if sys.path and os.path.realpath(sys.path[0] or ".") == os.path.realpath(os.getcwd()):
         del sys.path[0]  # as ipykernel_launcher does: the kernel's imports must not come from the server's folder
-    zygote(sys.argv[1])
+    zygote(sys.argv[1], sys.argv[3:])
