@@ -258,10 +258,11 @@ class Zygote:
         self.path = os.path.join(folder, "socket")
         from smilekit import settings
 
-        env = dict(os.environ, OPENBLAS_NUM_THREADS=str(settings.inference_threads()))
-        # run from that empty folder: smilekit and the rest are found as a kernel finds them (PYTHONPATH, site)
+        env = dict(os.environ, OPENBLAS_NUM_THREADS=str(settings.inference_threads()), SMILEKIT_PRELOAD=",".join(PRELOAD))
+        # run from that empty folder: smilekit and the rest are found as a kernel finds them (PYTHONPATH, site);
+        # its command line names no module (tools count kernels by "ipykernel" in theirs)
         padding = " " * COMMAND_ROOM  # room for each kernel's command line (_show_command)
-        self.proc = subprocess.Popen([sys.executable, "-m", "smilekit.forkkernel", self.path, padding, *PRELOAD],
+        self.proc = subprocess.Popen([sys.executable, "-m", "smilekit.forkkernel", self.path, padding],
                                      stdin=subprocess.PIPE, env=env, cwd=folder)
         log.info("kernel zygote started (pid %d): kernels are forked from it (SMILEKIT_FORK_KERNELS)", self.proc.pid)
 
@@ -365,4 +366,4 @@ def use_forked_kernels() -> None:
 if __name__ == "__main__":
     if sys.path and os.path.realpath(sys.path[0] or ".") == os.path.realpath(os.getcwd()):
         del sys.path[0]  # as ipykernel_launcher does: the kernel's imports must not come from the server's folder
-    zygote(sys.argv[1], sys.argv[3:])
+    zygote(sys.argv[1], os.environ.pop("SMILEKIT_PRELOAD").split(","))
