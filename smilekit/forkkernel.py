@@ -7,8 +7,10 @@ starts with everything imported and shares those memory pages with the zygote an
 (copy-on-write).
 
 Fork safety: the zygote starts no thread, zmq context, event loop or inference session before it forks
-(OpenBLAS's thread pool is kept at one thread by ``OPENBLAS_NUM_THREADS``, see ``Zygote.start``): only
-the forking thread would survive in the child. The child leaves the zygote's session (``setsid``, before
+(OpenBLAS's thread pool is kept at one thread by ``OPENBLAS_NUM_THREADS``, see ``Zygote.start``; the tests
+check it has one thread): only the forking thread would survive in the child. Settings that libraries read
+from the environment at import are the zygote's, not the kernel's (ipykernel's parent pid is given to it
+on its command line instead). The child leaves the zygote's session (``setsid``, before
 the zygote answers, so the server's interrupts and kills reach its own process group only), gets the
 default signal handlers, stdin from ``/dev/null``, the kernel's environment and working folder, and runs
 what ``python -m ipykernel_launcher`` runs; it never returns into the zygote's code. The zygote reaps its
@@ -41,8 +43,10 @@ import traceback
 
 from jupyter_client.provisioning import LocalProvisioner
 
-#: imported by the zygote, so every kernel has them: the kernel itself and what the app's first cell imports
-PRELOAD = ("ipykernel.kernelapp", "smilekit.ui")
+#: imported by the zygote, so every kernel has them: the kernel (its debugger support alone is 0.1 CPU-s, imported
+#: as the kernel starts), what the app's first cell imports, and the database dialects it then loads
+PRELOAD = ("ipykernel.kernelapp", "ipykernel.debugger", "smilekit.ui", "sqlalchemy.dialects.sqlite",
+           "sqlalchemy.dialects.postgresql")
 #: seconds a kernel launch waits for the zygote to be ready (its imports) before starting the usual way
 START_TIMEOUT_S = 120
 #: bytes of command line the zygote keeps for its kernels' (the kernel's command is shown there, as ``ps`` shows it)
@@ -258,7 +262,9 @@ class Zygote:
         self.path = os.path.join(folder, "socket")
         from smilekit import settings
 
-        env = dict(os.environ, OPENBLAS_NUM_THREADS=str(settings.inference_threads()), SMILEKIT_PRELOAD=",".join(PRELOAD))
+        # PYDEVD_DISABLE_FILE_VALIDATION: read as debugpy is imported, which would otherwise warn about frozen modules
+        env = dict(os.environ, OPENBLAS_NUM_THREADS=str(settings.inference_threads()), SMILEKIT_PRELOAD=",".join(PRELOAD),
+                   PYDEVD_DISABLE_FILE_VALIDATION="1")
         # run from that empty folder: smilekit and the rest are found as a kernel finds them (PYTHONPATH, site);
         # its command line names no module (tools count kernels by "ipykernel" in theirs)
         padding = " " * COMMAND_ROOM  # room for each kernel's command line (_show_command)
