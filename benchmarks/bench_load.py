@@ -70,6 +70,7 @@ class Scenario:
     visits: list[Visit] = field(default_factory=list)
     cpu_s: float = 0.0
     server_cpu_s: float = 0.0
+    browser_cpu_s: float = 0.0
     kernels: int = 0
     kernel_rss_mb: float = 0.0
     kernel_pss_mb: float = 0.0
@@ -132,6 +133,22 @@ class LoadServer(VoilaServer):
     def feedback_rows(self) -> int:
         with sqlite3.connect(self.db) as conn:
             return conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
+
+
+def load_generator_cpu_seconds(server: LoadServer) -> float:
+    """CPU time of this process and everything under it but the server (Playwright's driver, Chromium), ended
+    ones included (in their parent's children times; the server is not reaped while it is measured)."""
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:4])
+    served = {server.process.pid} | {p.pid for p in server.process.children(recursive=True)}
+    for child in me.children(recursive=True):
+        if child.pid in served:
+            continue
+        try:
+            total += sum(child.cpu_times()[:4])
+        except psutil.NoSuchProcess:
+            continue
+    return total
 
 
 async def open_page(browser, url: str, timeout_s: float, retry: bool = True):
@@ -203,10 +220,11 @@ async def run_scenario(browser, server: LoadServer, scenario: Scenario, stale: i
             await context.close()
     photos = [DATA / f"{i}.jpg" for i in PHOTO_IDS]
     keep: list = []
-    split_before, start = server.cpu_split(), time.perf_counter()
+    split_before, browser_before, start = server.cpu_split(), load_generator_cpu_seconds(server), time.perf_counter()
     scenario.visits = list(await asyncio.gather(
         *(visitor(browser, server.url, photos[k % len(photos)], timeout_s, keep, retry) for k in range(scenario.visitors))))
     scenario.wall_s = time.perf_counter() - start
+    scenario.browser_cpu_s = load_generator_cpu_seconds(server) - browser_before
     scenario.kernels, mb, scenario.server_rss_mb = server.memory()
     scenario.kernel_rss_mb, scenario.kernel_pss_mb, scenario.kernel_uss_mb = mb["rss"], mb["pss"], mb["uss"]
     scenario.db_rows = server.feedback_rows()
@@ -249,6 +267,7 @@ def summary(s: Scenario) -> dict:
         "upload_to_label_p50_s": pct(labels, 0.5), "upload_to_label_p95_s": pct(labels, 0.95),
         "server_cpu_s": s.cpu_s, "cpu_s_per_visit": s.cpu_s / served if served else None,
         "voila_process_cpu_s_per_visit": s.server_cpu_s / served if served else None,
+        "load_generator_cpu_s_per_visit": s.browser_cpu_s / served if served else None,
         "kernels": s.kernels, "mb_per_session": s.kernel_rss_mb, "pss_mb_per_session": s.kernel_pss_mb,
         "uss_mb_per_session": s.kernel_uss_mb, "server_mb": s.server_rss_mb,
         "clicks": clicks, "db_rows": s.db_rows, "one_row_per_click": s.db_rows == clicks, "wall_s": s.wall_s,
@@ -274,6 +293,8 @@ def show(rows: list[dict]) -> None:
               f"{f(r['cpu_s_per_visit'], '.2f'):>11} {f(r['mb_per_session'], '.0f'):>10} "
               f"{('yes' if r['one_row_per_click'] else 'NO') + ' (' + str(r['db_rows']) + ')':>12}")
         print(f"    CPU-s per visit: {f(r['voila_process_cpu_s_per_visit'], '.2f')} in the voila process, the rest in kernels; "
+              f"the load generator (Chromium, same cores) used {f(r.get('load_generator_cpu_s_per_visit'), '.2f')} per visit "
+              f"until the last visitor was done; "
               f"first answer (app or busy page) within {f(r['first_answer_max_s'])} s for every visitor; "
               f"{r['busy_answers']} busy pages shown, {r['busy']} visitors still told to retry at the end; "
               f"{r['kernels']} kernels, MB per session {f(r['mb_per_session'], '.0f')} resident, "
