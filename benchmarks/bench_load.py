@@ -351,7 +351,9 @@ def main() -> None:
     show(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"cpus": psutil.cpu_count(), "load_average": os.getloadavg(), "env": env,
-                                    "note": "server and the headless-Chromium load generator on the same machine",
+                                    "note": ("server and the headless-Chromium load generator share the same cores (and other work: see "
+                                             "load_average); CPU counts every process under the server, ended ones included; "
+                                             "the kernel zygote's one-time imports happen before the measured window"),
                                     "scenarios": rows}, indent=1) + "\n")
     print(f"\nwritten: {args.out}")
 
