@@ -5,8 +5,11 @@ page, uploads a real photo (CelebA subset), waits for the face's label and click
 start at the same moment. Per scenario the table shows page ready p50 / p95 / max, upload -> label
 p50 / p95, visitors served, told to retry (HTTP 503; the busy page retries by itself and the visitor waits
 for it, page ready then counts from the first request) and failed (with the step that timed out),
-server CPU-seconds per visit and resident MB per session (the voila process tree, psutil), and
-whether the database holds exactly one row per acknowledged click.
+server CPU-seconds per visit (every process of the voila process tree, ended ones included: with forked
+kernels they are children of the kernel zygote, not of voila), MB per session (resident; proportional, PSS,
+and unique, USS, which count forked kernels' shared pages once), and whether the database holds exactly one
+row per acknowledged click. The kernel zygote's one-time imports happen before the measured window (the
+server is first left to settle).
 
 Scenarios, each on a freshly started server with its own temporary SQLite database:
   ``N at once``                 N visitors at the same moment;
@@ -67,8 +70,11 @@ class Scenario:
     visits: list[Visit] = field(default_factory=list)
     cpu_s: float = 0.0
     server_cpu_s: float = 0.0
+    browser_cpu_s: float = 0.0
     kernels: int = 0
     kernel_rss_mb: float = 0.0
+    kernel_pss_mb: float = 0.0
+    kernel_uss_mb: float = 0.0
     server_rss_mb: float = 0.0
     db_rows: int = 0
     wall_s: float = 0.0
@@ -100,30 +106,49 @@ class LoadServer(VoilaServer):
         return sum(self.cpu_split())
 
     def cpu_split(self) -> tuple[float, float]:
-        """(the server process's own CPU seconds, its kernels' CPU seconds, ended ones included)."""
+        """(the server process's own CPU seconds, the CPU seconds of every process under it, ended ones included:
+        an ended process's time is in its parent's children times, be the parent the server or the kernel zygote)."""
         t = self.process.cpu_times()
-        kernels = t.children_user + t.children_system
+        others = t.children_user + t.children_system
         for child in self.process.children(recursive=True):
             try:
                 c = child.cpu_times()
-                kernels += c.user + c.system
+                others += c.user + c.system + c.children_user + c.children_system
             except psutil.NoSuchProcess:
                 continue
-        return t.user + t.system, kernels
+        return t.user + t.system, others
 
-    def memory(self) -> tuple[int, float, float]:
-        """(kernels, their mean resident MB, the server's own resident MB)."""
-        rss = []
+    def memory(self) -> tuple[int, dict[str, float], float]:
+        """(kernels, their mean resident / proportional / unique MB as {"rss", "pss", "uss"}, the server's resident MB)."""
+        sizes = []
         for kernel in self.kernels():
             try:
-                rss.append(kernel.memory_info().rss / 2**20)
-            except psutil.NoSuchProcess:
+                m = kernel.memory_full_info()
+                sizes.append({"rss": m.rss / 2**20, "pss": m.pss / 2**20, "uss": m.uss / 2**20})
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-        return len(rss), (statistics.mean(rss) if rss else 0.0), self.process.memory_info().rss / 2**20
+        mean = {key: statistics.mean(s[key] for s in sizes) if sizes else 0.0 for key in ("rss", "pss", "uss")}
+        return len(sizes), mean, self.process.memory_info().rss / 2**20
 
     def feedback_rows(self) -> int:
         with sqlite3.connect(self.db) as conn:
             return conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
+
+
+def load_generator_cpu_seconds(server: LoadServer) -> float:
+    """CPU time of this process and everything under it but the server (Playwright's driver, Chromium), ended
+    ones included (in their parent's children times; the server is not reaped while it is measured)."""
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:4])
+    served = {server.process.pid} | {p.pid for p in server.process.children(recursive=True)}
+    for child in me.children(recursive=True):
+        if child.pid in served:
+            continue
+        try:
+            total += sum(child.cpu_times()[:4])
+        except psutil.NoSuchProcess:
+            continue
+    return total
 
 
 async def open_page(browser, url: str, timeout_s: float, retry: bool = True):
@@ -195,11 +220,13 @@ async def run_scenario(browser, server: LoadServer, scenario: Scenario, stale: i
             await context.close()
     photos = [DATA / f"{i}.jpg" for i in PHOTO_IDS]
     keep: list = []
-    split_before, start = server.cpu_split(), time.perf_counter()
+    split_before, browser_before, start = server.cpu_split(), load_generator_cpu_seconds(server), time.perf_counter()
     scenario.visits = list(await asyncio.gather(
         *(visitor(browser, server.url, photos[k % len(photos)], timeout_s, keep, retry) for k in range(scenario.visitors))))
     scenario.wall_s = time.perf_counter() - start
-    scenario.kernels, scenario.kernel_rss_mb, scenario.server_rss_mb = server.memory()
+    scenario.browser_cpu_s = load_generator_cpu_seconds(server) - browser_before
+    scenario.kernels, mb, scenario.server_rss_mb = server.memory()
+    scenario.kernel_rss_mb, scenario.kernel_pss_mb, scenario.kernel_uss_mb = mb["rss"], mb["pss"], mb["uss"]
     scenario.db_rows = server.feedback_rows()
     server.wait_settled(pool=0, timeout_s=60)  # the kernels started to refill the pool are part of what a visit costs
     split_after = server.cpu_split()
@@ -240,7 +267,9 @@ def summary(s: Scenario) -> dict:
         "upload_to_label_p50_s": pct(labels, 0.5), "upload_to_label_p95_s": pct(labels, 0.95),
         "server_cpu_s": s.cpu_s, "cpu_s_per_visit": s.cpu_s / served if served else None,
         "voila_process_cpu_s_per_visit": s.server_cpu_s / served if served else None,
-        "kernels": s.kernels, "mb_per_session": s.kernel_rss_mb, "server_mb": s.server_rss_mb,
+        "load_generator_cpu_s_per_visit": s.browser_cpu_s / served if served else None,
+        "kernels": s.kernels, "mb_per_session": s.kernel_rss_mb, "pss_mb_per_session": s.kernel_pss_mb,
+        "uss_mb_per_session": s.kernel_uss_mb, "server_mb": s.server_rss_mb,
         "clicks": clicks, "db_rows": s.db_rows, "one_row_per_click": s.db_rows == clicks, "wall_s": s.wall_s,
         "visits": [asdict(v) for v in s.visits],
     }
@@ -264,9 +293,13 @@ def show(rows: list[dict]) -> None:
               f"{f(r['cpu_s_per_visit'], '.2f'):>11} {f(r['mb_per_session'], '.0f'):>10} "
               f"{('yes' if r['one_row_per_click'] else 'NO') + ' (' + str(r['db_rows']) + ')':>12}")
         print(f"    CPU-s per visit: {f(r['voila_process_cpu_s_per_visit'], '.2f')} in the voila process, the rest in kernels; "
+              f"the load generator (Chromium, same cores) used {f(r.get('load_generator_cpu_s_per_visit'), '.2f')} per visit "
+              f"until the last visitor was done; "
               f"first answer (app or busy page) within {f(r['first_answer_max_s'])} s for every visitor; "
               f"{r['busy_answers']} busy pages shown, {r['busy']} visitors still told to retry at the end; "
-              f"{r['kernels']} kernels, voila process {f(r['server_mb'], '.0f')} MB")
+              f"{r['kernels']} kernels, MB per session {f(r['mb_per_session'], '.0f')} resident, "
+              f"{f(r.get('pss_mb_per_session'), '.0f')} PSS, {f(r.get('uss_mb_per_session'), '.0f')} USS; "
+              f"voila process {f(r['server_mb'], '.0f')} MB")
         for outcome, count in r["failed"].items():
             print(f"    {count} x {outcome}")
 
@@ -318,7 +351,9 @@ def main() -> None:
     show(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"cpus": psutil.cpu_count(), "load_average": os.getloadavg(), "env": env,
-                                    "note": "server and the headless-Chromium load generator on the same machine",
+                                    "note": ("server and the headless-Chromium load generator share the same cores (and other work: see "
+                                             "load_average); CPU counts every process under the server, ended ones included; "
+                                             "the kernel zygote's one-time imports happen before the measured window"),
                                     "scenarios": rows}, indent=1) + "\n")
     print(f"\nwritten: {args.out}")
 

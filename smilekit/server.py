@@ -1,23 +1,28 @@
 """The app's web server: Voilà, with admission control in front of the page (``scripts/serve`` runs it).
 
-``python -m smilekit.server notebooks/app.ipynb [voila options]`` is ``voila`` with three differences:
+``python -m smilekit.server notebooks/app.ipynb [voila options]`` is ``voila`` with four differences:
 the page's handler first asks ``admission.Sessions`` for a place (a busy page with HTTP 503 when there
-is none), the idle cull spares a kernel whose page is still loading, and the preheated pool's size
-defaults to ``settings.pool_size()``.
+is none), the idle cull spares a kernel whose page is still loading, the preheated pool's size
+defaults to ``settings.pool_size()``, and kernels are forked from a preloaded process
+(``forkkernel``) when ``settings.fork_kernels()``. Page templates are compiled once, not once a page
+(``keep_compiled_templates``).
 """
 from __future__ import annotations
 
 import sys
 from datetime import datetime, timezone
 
+import jinja2
 import tornado.ioloop
 import tornado.web
 from nbclient.util import ensure_async
+from nbconvert.exporters.templateexporter import TemplateExporter
 from voila.app import Voila
 from voila.tornado.handler import TornadoVoilaHandler
 
 from smilekit import settings
 from smilekit.admission import Sessions, busy_page, retry_after
+from smilekit.forkkernel import use_forked_kernels
 
 
 class _KernelIdRecorder:
@@ -111,9 +116,45 @@ class SmileKitVoila(Voila):
         self.kernel_manager.notify_connect = noting_connection
 
 
+class _CompiledTemplates(jinja2.BytecodeCache):
+    """Compiled templates kept in memory, keyed by template, source checksum and what changes the compiled code
+    (async or not, extensions)."""
+
+    def __init__(self):
+        self._code: dict[str, bytes] = {}
+
+    def get_bucket(self, environment, name, filename, source):
+        variant = f"{environment.is_async}|{sorted(environment.extensions)}|{name}"
+        return super().get_bucket(environment, variant, filename, source)
+
+    def load_bytecode(self, bucket) -> None:
+        if bucket.key in self._code:
+            bucket.bytecode_from_string(self._code[bucket.key])  # ignored if the source changed (checksum)
+
+    def dump_bytecode(self, bucket) -> None:
+        self._code[bucket.key] = bucket.bytecode_to_string()
+
+
+def keep_compiled_templates() -> None:
+    """Voilà makes a new nbconvert exporter, so a new jinja2 environment, for every page it prepares, and compiled
+    the page's templates (about 14) again each time; every environment now shares one cache of compiled templates."""
+    create = TemplateExporter._create_environment
+    cache = _CompiledTemplates()
+
+    def create_with_cache(self):
+        environment = create(self)
+        environment.bytecode_cache = cache
+        return environment
+
+    TemplateExporter._create_environment = create_with_cache
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the server; options after the notebook are Voilà's (given ones win over the defaults here)."""
     argv = sys.argv[1:] if argv is None else argv
+    if settings.fork_kernels():
+        use_forked_kernels()
+    keep_compiled_templates()
     SmileKitVoila.launch_instance([f"--pool_size={settings.pool_size()}", *argv])
 
 

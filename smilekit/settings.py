@@ -15,10 +15,12 @@ JupyterLab, the command line); ``SMILEKIT_MODELS_DIR`` is taken from the project
 | ``SMILEKIT_POOL_SIZE`` | preheated kernels the server keeps ready | 1 |
 | ``SMILEKIT_MAX_SESSIONS`` | live sessions before new visitors are asked to retry | from cores and memory |
 | ``SMILEKIT_MAX_STARTING`` | pages prepared at once before new visitors are asked to retry | 2 per core |
+| ``SMILEKIT_FORK_KERNELS`` | the server forks kernels from a preloaded process (``smilekit/forkkernel.py``) | on where ``os.fork`` exists |
 """
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +81,8 @@ def served_by_voila() -> bool:
 
 #: live sessions a core carries (simultaneous page starts are what loads it; see README, Capacity)
 SESSIONS_PER_CORE = 10
-#: pages prepared at once per core: a page start costs about 1.2 CPU-seconds (kernel, imports, rendering)
+#: pages prepared at once per core: a visit cost about 1.2 CPU-seconds (kernel, imports, rendering) before kernels
+#: were forked from a preloaded process, about 0.6 since (README, Capacity); kept at 2 while measured on 2 shared cores
 STARTING_PER_CORE = 2
 #: memory kept for a session: about 125 MB at rest, up to about 280 MB while it handles the largest upload
 SESSION_MB = 300
@@ -90,6 +93,13 @@ RESERVED_MB = 1024
 def pool_size() -> int:
     """Preheated kernels the server keeps ready, the app notebook already run in them (``SMILEKIT_POOL_SIZE``)."""
     return max(0, int(os.environ.get("SMILEKIT_POOL_SIZE") or 1))
+
+
+def fork_kernels() -> bool:
+    """Whether the server forks each kernel from a process that has the app's libraries imported
+    (``SMILEKIT_FORK_KERNELS``: 1 / 0); on by default where the platform can fork."""
+    value = os.environ.get("SMILEKIT_FORK_KERNELS", "").strip().lower()
+    return hasattr(os, "fork") and (value in ("1", "true", "yes", "on") if value else sys.platform.startswith("linux"))
 
 
 def _cores() -> int:
