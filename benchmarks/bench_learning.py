@@ -20,8 +20,10 @@ reported on test.
 
     .venv/bin/python benchmarks/bench_learning.py --data ../shared/data [--base outputs/runs/smilenet-ecb088b1.pt]
         [--collection mtfl] [--split test] [--clicks 250,500,1000,2000] [--wrong 0.1] [--wrong-clicks 1000,2000]
-        [--uncertain 500] [--pool 2000] [--feedback-share 0.2,0.5] [--epochs 3,6] [--lr 5e-4,2e-4] [--threads 1] [--out outputs/metrics/learning.json]
+        [--uncertain 500] [--pool 2000] [--feedback-share 0.2,0.5] [--epochs 3,6] [--lr 5e-4,2e-4]
+        [--click-noise 0.1] [--threads 1] [--out outputs/metrics/learning.json]
 
+``--click-noise`` is ``RetrainConfig.click_noise`` (clicks the base contradicts with confidence weigh less).
 ``--feedback-share``, ``--epochs`` and ``--lr`` take lists: every click run is repeated for each combination. ``--limit`` caps
 the images per split of the original training data and test splits (quick runs only). Figures are from a
 2-core machine shared with other work; each run fine-tunes from the same base.
@@ -122,6 +124,7 @@ def main() -> None:
     parser.add_argument("--epochs", default=str(retrain.RetrainConfig.epochs))
     parser.add_argument("--lr", default=str(retrain.RetrainConfig.lr))
     parser.add_argument("--distill", default=str(retrain.RetrainConfig.distill))
+    parser.add_argument("--click-noise", type=float, default=retrain.RetrainConfig.click_noise, help="assumed share of wrong clicks")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--limit", type=int, help="images per split of the original data (quick runs)")
     parser.add_argument("--test-limit", type=int, help="faces of the collection's scored split (quick runs)")
@@ -168,7 +171,7 @@ def main() -> None:
                     refit = metrics.best_threshold(given, pool_probs[chosen])  # calibration alone: the base, its cut fitted on the clicks
                     config = retrain.RetrainConfig(db_url=url, data_root=str(args.data), model=str(args.base), datasets=datasets,
                                                    epochs=epochs, lr=lr, limit=args.limit, feedback_share=share, threads=args.threads,
-                                                   distill=distill,
+                                                   distill=distill, click_noise=args.click_noise,
                                                    work_dir=str(Path(tmp) / f"work-{name}"))
                     outcome = retrain.retrain(config, progress=False, say=lambda line: None)
                     candidate = Predictor(outcome["candidate"])  # the app cuts the same crops whatever the model
@@ -177,6 +180,7 @@ def main() -> None:
                               else {k: v * 100 for k, v in outcome["changes"].items() if k != args.collection})
                     row = {"clicks": n, "wrong_share": wrong, "wrong_clicks": int((given != [l for _, l in clicked]).sum()),
                            "uncertain_first": uncertain, "feedback_share": share, "epochs": epochs, "lr": lr, "distill": distill,
+                           "click_noise": args.click_noise,
                            "held_out_before": before,
                            "held_out_after": after, "gain_points": (after - before) * 100,
                            "threshold_refit_only": {"threshold": refit, "held_out": metrics.accuracy(labels, base_probs, refit),
@@ -186,7 +190,7 @@ def main() -> None:
                     results.append(row)
                     args.out.write_text(json.dumps(dict(payload, load_average=os.getloadavg()), indent=2))  # after every run
                     listed = ", ".join(f"{k} {v:+.2f}" for k, v in others.items())
-                    print(f"share {share}, {epochs} epochs, lr {lr:g}, distill {distill:g}, {n:>5} {'uncertain' if uncertain else 'random'} clicks, {wrong:.0%} wrong: "
+                    print(f"share {share}, {epochs} epochs, lr {lr:g}, distill {distill:g}, click noise {args.click_noise:g}, {n:>5} {'uncertain' if uncertain else 'random'} clicks, {wrong:.0%} wrong: "
                           f"{args.collection} {before:.4f} -> {after:.4f} ({row['gain_points']:+.2f} points; threshold refit alone "
                           f"{row['threshold_refit_only']['gain_points']:+.2f}); others ({row['others_split']}) {listed}; "
                           f"rule allows: {row['rule_allows']}; {row['minutes']:.1f} min", flush=True)

@@ -103,7 +103,8 @@ def cmd_retrain(args) -> int:
     from .retrain import RetrainConfig, retrain
 
     given = {key: getattr(args, key) for key in ("db_url", "data_root", "model", "models_dir", "work_dir", "epochs", "limit",
-                                                 "lr", "feedback_share", "distill", "threads", "max_drop")
+                                                 "lr", "feedback_share", "distill", "click_noise", "threads",
+                                                 "max_drop")
              if getattr(args, key) is not None}
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
@@ -191,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--feedback-share", type=float, help="share of the training draws that are feedback crops, e.g. 0.2")
     p.add_argument("--distill", type=float, help="weight of the loss keeping the current model's outputs on the original data")
+    p.add_argument("--click-noise", type=float, help="assumed share of wrong clicks: clicks the model contradicts weigh less")
     p.add_argument("--threads", type=int, help="CPU threads for fine-tuning")
     p.add_argument("--max-drop", type=float, help="largest accuracy drop allowed on any test split, e.g. 0.005 (half a point)")
     p.add_argument("--promote", action="store_true", help="copy the candidate into the models folder if the rule allows")

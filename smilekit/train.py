@@ -47,6 +47,7 @@ class TrainConfig:
     extra_share: float | None = None  # share of the draws given to extra_train (None: one more source for source_balance)
     init_from: str | None = None  # start from this checkpoint's weights (fine-tuning)
     distill: float = 0.0  # fine-tuning: weight of a loss keeping init_from's outputs on the non-extra draws (learning without forgetting)
+    extra_noise: float = 0.0  # fine-tuning: assumed share of wrong extra labels; each extra draw's loss is weighted by click_trust
     threads: int = 2
     device: str = "cpu"  # cpu, cuda, mps or auto (the best present); torchrun workers share each epoch
 
@@ -164,6 +165,25 @@ def distillation_loss(logits: torch.Tensor, teacher: torch.nn.Module, x: torch.T
     return F.binary_cross_entropy_with_logits(logits, target)
 
 
+def click_trust(teacher_probs: torch.Tensor, labels: torch.Tensor, noise: float) -> torch.Tensor:
+    """Probability that each label is right, given the teacher's probability of smiling and a share ``noise`` of wrong labels.
+
+    Bayes with the teacher as prior: a label the teacher contradicts with confidence is more likely a wrong click
+    than a face it got wrong, so it weighs less; ``noise`` 0 trusts every label (weight 1).
+    """
+    agree = torch.where(labels > 0.5, teacher_probs, 1 - teacher_probs)
+    return (1 - noise) * agree / ((1 - noise) * agree + noise * (1 - agree)).clamp_min(1e-12)
+
+
+def draw_weights(teacher, x: torch.Tensor, y: torch.Tensor, original: torch.Tensor, noise: float) -> torch.Tensor:
+    """Label-loss weights of a batch: 1 for the original data's draws, ``click_trust`` for the extra draws."""
+    weights = torch.ones_like(y)
+    if noise and not original.all():
+        with torch.no_grad():
+            weights[~original] = click_trust(torch.sigmoid(teacher(x[~original])), y[~original], noise)
+    return weights
+
+
 def load_split_crops(config: TrainConfig, split: str, progress=True) -> dict:
     """{dataset: (context crops, labels, samples)} for one split."""
     out = {}
@@ -185,8 +205,8 @@ def evaluate_sets(model, sets: dict, temperature: float = 1.0) -> tuple[dict, di
 
 def train(config: TrainConfig, progress: bool = True) -> dict:
     """Train, keep the best epoch, calibrate on validation, test, write the checkpoint; returns a report."""
-    if config.distill and not config.init_from:
-        raise ValueError("distill keeps the outputs of init_from: give a checkpoint to fine-tune")
+    if (config.distill or config.extra_noise) and not config.init_from:
+        raise ValueError("distill and extra_noise read the outputs of init_from: give a checkpoint to fine-tune")
     seed_everything(config.seed)
     torch.set_num_threads(config.threads)
     workers = Workers(pick_device(config.device))
@@ -220,7 +240,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     else:
         model = build_model(config.arch, **config.arch_kwargs)
         arch, arch_kwargs = config.arch, getattr(model, "arch_kwargs", config.arch_kwargs)
-    teacher = load_checkpoint(config.init_from)[0].to(device).eval() if config.distill else None
+    teacher = load_checkpoint(config.init_from)[0].to(device).eval() if config.distill or config.extra_noise else None
     averaged = build_model(arch, **arch_kwargs)  # holds the moving average for validation (on the CPU)
     model.to(device)
     network = workers.wrap(model)
@@ -252,9 +272,10 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
             idx = order[step]
             x, y = augment(crops_t[idx], augment_generator).to(device), labels_t[idx].to(device)
             logits = network(x)
-            loss = F.binary_cross_entropy_with_logits(logits, y)
             keep = ~from_extra[idx].to(device)
-            if teacher is not None and keep.any():  # the original data's draws keep the base's outputs
+            weight = draw_weights(teacher, x, y, keep, config.extra_noise)
+            loss = F.binary_cross_entropy_with_logits(logits, y, weight=weight)
+            if config.distill and keep.any():  # the original data's draws keep the base's outputs
                 loss = loss + config.distill * distillation_loss(logits[keep], teacher, x[keep])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -133,12 +133,14 @@ def test_fine_tune_passes_the_forgetting_settings_to_training(tmp_path, monkeypa
     save_checkpoint(base, SmileNet(width=4), "smilenet", {"width": 4}, data={"smilesmiled": {"train": 40}})
     seen = []
     monkeypatch.setattr(retrain, "train", lambda config, progress: seen.append(config) or {})
-    retrain.fine_tune(base, [], tmp_path / "tuned.pt", tmp_path, distill=0.5, progress=False)
+    retrain.fine_tune(base, [], tmp_path / "tuned.pt", tmp_path, distill=0.5, click_noise=0.2, progress=False)
     retrain.fine_tune(base, [], tmp_path / "tuned.pt", tmp_path, progress=False)
-    assert (seen[0].distill, seen[0].init_from) == (0.5, str(base)) and seen[1].distill == retrain.RetrainConfig.distill
+    assert (seen[0].distill, seen[0].init_from, seen[0].extra_noise) == (0.5, str(base), 0.2)
+    assert (seen[1].distill, seen[1].extra_noise) == (retrain.RetrainConfig.distill, retrain.RetrainConfig.click_noise)
 
 
-@pytest.mark.parametrize("flags, expected", [([], retrain.RetrainConfig.distill), (["--distill", "2.5"], 2.5), (["--distill", "0"], 0.0)])
+@pytest.mark.parametrize("flags, expected", [([], {"distill": retrain.RetrainConfig.distill}), (["--distill", "2.5"], {"distill": 2.5}),
+                                             (["--distill", "0"], {"distill": 0.0}), (["--click-noise", "0.2"], {"click_noise": 0.2}),])
 def test_retrain_command_takes_the_forgetting_settings(flags, expected, monkeypatch, capsys):
     from smilekit import cli
 
@@ -146,7 +148,7 @@ def test_retrain_command_takes_the_forgetting_settings(flags, expected, monkeypa
     empty = {"candidate": None, "promoted": False, "before": {}, "after": {}, "feedback": 0}
     monkeypatch.setattr(retrain, "retrain", lambda config, **kwargs: seen.append(config) or empty)
     assert cli.main(["retrain", "--quiet", *flags]) == 0
-    assert seen[0].distill == expected
+    assert {key: getattr(seen[0], key) for key in expected} == expected
 
 
 # -- the retrain command, end to end on a small run ----------------------------------------------------------------

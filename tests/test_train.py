@@ -8,7 +8,8 @@ import torch
 from smilekit import evaluate
 from smilekit.model import load_checkpoint
 from smilekit.model import center
-from smilekit.train import (TrainConfig, WeightAverage, augment, balanced_weights, distillation_loss, erase, train)
+from smilekit.train import (TrainConfig, WeightAverage, augment, balanced_weights, click_trust, distillation_loss, draw_weights,
+                            erase, train)
 
 
 def test_augment_and_center_shapes_and_range():
@@ -100,9 +101,30 @@ def test_distillation_pulls_the_logits_toward_the_teachers():
     assert (moved.grad > 0).all() and loss > distillation_loss(target, teacher, x)  # higher logits are pushed back down
 
 
-def test_distill_needs_a_checkpoint_to_keep(tmp_path):
+@pytest.mark.parametrize("setting", [{"distill": 1.0}, {"extra_noise": 0.1}])
+def test_teacher_settings_need_a_checkpoint_to_read(tmp_path, setting):
     with pytest.raises(ValueError, match="init_from"):
-        train(TrainConfig(data_root=str(tmp_path), datasets=(), distill=1.0, out=str(tmp_path / "m.pt")), progress=False)
+        train(TrainConfig(data_root=str(tmp_path), datasets=(), out=str(tmp_path / "m.pt"), **setting), progress=False)
+
+
+def test_click_trust_is_bayes_with_the_teacher_as_prior():
+    smiling = torch.tensor([0.02, 0.5, 0.98])
+    said_smiling = click_trust(smiling, torch.ones(3), 0.1)
+    assert said_smiling[0] < 0.2 and said_smiling[1] == pytest.approx(0.9) and said_smiling[2] > 0.99  # contradicted -> doubted
+    assert torch.allclose(click_trust(smiling, torch.zeros(3), 0.1), said_smiling.flip(0))  # symmetric in the label
+    assert torch.equal(click_trust(smiling, torch.ones(3), 0.0), torch.ones(3))  # no noise: every click counts fully
+
+
+def test_only_extra_draws_are_weighted_by_trust():
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 1), torch.nn.Flatten(0))
+    with torch.no_grad():
+        teacher[1].weight.fill_(0)
+        teacher[1].bias.fill_(6.0)  # says smiling with confidence to everything
+    x, y = torch.rand(4, 1, 2, 2), torch.tensor([0.0, 0.0, 1.0, 1.0])
+    original = torch.tensor([True, False, True, False])
+    weights = draw_weights(teacher, x, y, original, 0.1)
+    assert weights[0] == weights[2] == 1 and weights[1] < 0.1 and weights[3] > 0.99
+    assert torch.equal(draw_weights(teacher, x, y, original, 0.0), torch.ones(4))
 
 
 @pytest.mark.slow
