@@ -260,7 +260,7 @@ GROUP_CASCADES = (("frontalface_default", 2, 1.1), ("frontalface_alt2", 2, 1.1))
 GROUP_FINE_CASCADE = ("profileface", 2, 1.2)
 #: ... on this many of the finest levels: on the second, it proposes turned faces of 85 to 170 px, too small for
 #: HOG's window on the finest level (val scenes, faces 100 px wide, with the profile confirmation: 95.8 -> 98.2 %
-#: found; 40, 60 and 200 px unchanged; about 0.2 CPU-s more a 12 MP photo)
+#: found; 40, 60 and 200 px unchanged; 0.1 to 0.6 CPU-s more a 12 MP photo)
 GROUP_FINE_LEVELS = 2
 #: dlib HOG on the finest level finds faces of about 70 to HOG_TILE_OVERLAP pixels there, which Haar misses more
 #: often (caps, hands, turned heads): on 6 scenes each, Haar's candidates covered 160 of 165 faces 100 px wide

@@ -63,6 +63,23 @@ def test_turned_and_capped_faces_in_a_12_mp_photo_are_found(celeba_dir, bench):
     assert missed == [] and len(found) == len(truth), (missed, found)
 
 
+#: CelebA-subset train photos whose turned face, 100 px wide, only the profile cascade confirms on its close-up
+TURNED_FACES = (2, 35, 556, 756)
+
+
+def test_turned_faces_100_px_wide_in_a_12_mp_photo_are_found(celeba_dir, bench):
+    canvas = bench.background("gradient", np.random.default_rng(7))
+    truth = []
+    for k, n in enumerate(TURNED_FACES):
+        photo = Image.open(celeba_dir / f"img/{n}.jpg").convert("RGB")
+        truth.append(bench.paste(canvas, {"photo": photo, "box": faces.detect_faces(photo)[0]}, 100, 700 + 850 * k, 1500)[0])
+    boxes, factor = detect(bench.jpeg(canvas))
+    found = [b.scaled(factor) for b in boxes]
+    missed = [(tx, ty, tw) for tx, ty, tw in truth
+              if not any(abs(b.x + b.w / 2 - tx - tw / 2) < 0.4 * tw and abs(b.y + b.h / 2 - ty - tw / 2) < 0.4 * tw for b in found)]
+    assert missed == [] and len(found) == len(truth), (missed, found)
+
+
 @pytest.mark.parametrize("kind", ["gradient", "noise", "stripes"])
 def test_no_face_in_a_12_mp_photo_without_faces(bench, kind):
     boxes, _ = detect(bench.jpeg(bench.background(kind, np.random.default_rng(11))))
