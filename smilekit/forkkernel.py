@@ -98,7 +98,11 @@ def _run_kernel(request: dict, ready_fd: int) -> None:  # pragma: no cover (runs
         sys.argv = ["ipykernel_launcher", f"--IPKernelApp.parent_handle={os.getppid()}", *request["cmd"][3:]]
         from ipykernel import kernelapp
 
-        kernelapp.launch_new_instance()
+        app = kernelapp.IPKernelApp.instance()  # what launch_new_instance does, with one step between
+        app.initialize()
+        if "ipywidgets" in sys.modules:  # imported by the zygote, where there was no kernel to register its comm
+            sys.modules["ipywidgets"].register_comm_target()  # targets with: a page's own widget messages need them
+        app.start()
         code = 0
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
@@ -35,6 +36,13 @@ def fork_provisioner(monkeypatch):
     monkeypatch.setattr(forkkernel, "_zygote", zygote)
     yield zygote
     zygote.stop()
+
+
+def _run_scenario(scenario) -> None:
+    """``asyncio.run(scenario())`` on a thread of its own: an earlier test may leave an event loop marked as
+    running on this one."""
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, scenario()).result()
 
 
 def _wait_until(condition, what: str) -> None:
@@ -98,7 +106,7 @@ def test_a_forked_kernel_runs_code_is_interrupted_restarted_and_shut_down_withou
         assert not psutil.pid_exists(new_pid)
         _wait_until(lambda: not _children(zygote_pid), "the zygote reaped its kernels (no zombie)")
 
-    asyncio.run(scenario())
+    _run_scenario(scenario)
 
 
 def test_a_killed_kernel_reports_its_signal_and_the_restarter_replaces_it(fork_provisioner):
@@ -124,7 +132,7 @@ def test_a_killed_kernel_reports_its_signal_and_the_restarter_replaces_it(fork_p
         await km.shutdown_kernel(now=True)
         client.stop_channels()
 
-    asyncio.run(scenario())
+    _run_scenario(scenario)
 
 
 def test_kernels_start_the_usual_way_when_the_zygote_cannot_start(fork_provisioner, monkeypatch, caplog):
@@ -141,7 +149,7 @@ def test_kernels_start_the_usual_way_when_the_zygote_cannot_start(fork_provision
         await km.shutdown_kernel(now=True)
         client.stop_channels()
 
-    asyncio.run(scenario())
+    _run_scenario(scenario)
     assert fork_provisioner.broken
 
 
@@ -164,7 +172,7 @@ def test_a_new_zygote_replaces_one_that_died(fork_provisioner):
         await first.shutdown_kernel(now=True)
         client.stop_channels()
 
-    asyncio.run(scenario())
+    _run_scenario(scenario)
 
 
 def test_fork_kernels_setting(monkeypatch):
