@@ -337,10 +337,10 @@ def _without(gray: np.ndarray, boxes: list[Box], margin: float = 0.15) -> np.nda
 
 
 def _haar_candidates(levels: list[tuple[np.ndarray, float]]) -> list[tuple[Box, int]]:
-    """Haar faces on every level (the fine cascade on the GROUP_FINE_LEVELS finest only), in the pixels the levels were made from,
-    each with its number of detections (the cascade's neighbours), not yet confirmed. The last level, which fits
-    in one tile, is searched for faces of every size: the alt2 cascade there finds large faces the chain can
-    miss (two of four 1,000 px faces in a 12 MP collage)."""
+    """Haar faces on every level (the fine cascade on the GROUP_FINE_LEVELS finest only), in the pixels the
+    levels were made from, each with its number of detections (the cascade's neighbours), not yet confirmed. The
+    last level, which fits in one tile, is searched for faces of every size: the alt2 cascade there finds large
+    faces the chain can miss (two of four 1,000 px faces in a 12 MP collage)."""
     boxes = []
     for name, neighbours, scale_factor in GROUP_CASCADES + (GROUP_FINE_CASCADE,):
         fine_only = (name, neighbours, scale_factor) == GROUP_FINE_CASCADE
@@ -361,9 +361,9 @@ def _near(found: list[Box], cx: float, cy: float, side: float) -> Box | None:
 
 def _confirmed(source: np.ndarray, box: Box) -> Box | None:
     """Whether dlib HOG, both the alt2 and the default cascades (5 neighbours), or the profile cascade see a face
-    on a close-up of ``box`` (its box VERIFY_FACE_SIDE px). Measured on the candidates of 8 benchmark photos: HOG confirms most
-    faces and no false box; alt2 alone confirmed 4 false boxes, alt2 and default together 1, and every face
-    that HOG missed. Returns the face's box as the confirming detector puts it (in the Haar frame), else None."""
+    on a close-up of ``box`` (its box VERIFY_FACE_SIDE px). Measured on the candidates of 8 benchmark photos: HOG
+    confirms most faces and no false box; alt2 alone confirmed 4 false boxes, alt2 and default together 1, and
+    every face that HOG missed. Returns the face's box as the confirming detector puts it (in the Haar frame), else None."""
     cx, cy = box.x + box.w / 2, box.y + box.h / 2
     zoom = VERIFY_FACE_SIDE / box.w
     half = box.w  # the close-up is twice the box
@@ -378,11 +378,7 @@ def _confirmed(source: np.ndarray, box: Box) -> Box | None:
     c = VERIFY_FACE_SIDE
     found = _near(_hog_boxes(patch, upsample=0), c, c, VERIFY_FACE_SIDE)
     if found is None:
-        for name, neighbours in (("frontalface_alt2", 3), ("frontalface_default", 5)):
-            boxes = _group_cascade(name).detectMultiScale(patch, 1.1, neighbours, minSize=(60, 60))
-            found = _near([Box(*map(int, f)) for f in boxes], c, c, VERIFY_FACE_SIDE)
-            if found is None:
-                break
+        found = _both_frontal_on(patch)
     if found is None:
         found = _profile_on(patch)
     if found is None:
@@ -390,6 +386,19 @@ def _confirmed(source: np.ndarray, box: Box) -> Box | None:
     scale = 1 / zoom
     return Box(int(round(left + found.x * scale)), int(round(top + found.y * scale)), int(round(found.w * scale)),
                int(round(found.h * scale)))
+
+
+def _both_frontal_on(patch: np.ndarray) -> Box | None:
+    """The default cascade's face at the centre of a close-up if the alt2 cascade (3 neighbours) sees one there
+    too, else None."""
+    c = VERIFY_FACE_SIDE
+    found = None
+    for name, neighbours in (("frontalface_alt2", 3), ("frontalface_default", 5)):
+        boxes = _group_cascade(name).detectMultiScale(patch, 1.1, neighbours, minSize=(60, 60))
+        found = _near([Box(*map(int, f)) for f in boxes], c, c, c)
+        if found is None:
+            return None
+    return found
 
 
 def _profile_on(patch: np.ndarray) -> Box | None:

@@ -82,7 +82,7 @@ def served_by_voila() -> bool:
 #: live sessions a core carries (simultaneous page starts are what loads it; see README, Capacity)
 SESSIONS_PER_CORE = 10
 #: pages prepared at once per core: a visit cost about 1.2 CPU-seconds (kernel, imports, rendering) before kernels
-#: were forked from a preloaded process, about 0.6 since (README, Capacity); kept at 2 while measured on 2 shared cores
+#: were forked from a preloaded process, about 0.5 since (README, Capacity); kept at 2 while measured on 2 shared cores
 STARTING_PER_CORE = 2
 #: memory kept for a session: about 125 MB at rest, up to about 280 MB while it handles the largest upload
 SESSION_MB = 300
