@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import faces, settings
+from . import align, faces, settings
 from .faces import CONTEXT  # crops are cached with this much context around the model crop, for augmentation
 from .runtime import INPUT_SIZE
 
@@ -148,7 +148,8 @@ def face_box(sample: Sample, image: Image.Image) -> tuple[faces.Box, bool]:
 
 
 def _cache_key(samples: list[Sample], context: float) -> str:
-    digest = hashlib.sha256(f"v2 {context} {faces.DETECT_MAX_SIDE} {faces.CROP_SCALE} {faces.CROP_SHIFT_Y}".encode())
+    digest = hashlib.sha256(f"v3 {context} {faces.DETECT_MAX_SIDE} {faces.CROP_SCALE} {faces.CROP_SHIFT_Y} "
+                            f"upright {align.MIN_DEGREES} {align.MAX_DEGREES} {align.EYE_DISTANCE}".encode())
     for s in samples:
         geometry = f"|{CROP_GEOMETRY[s.dataset]}" if s.dataset in CROP_GEOMETRY else ""
         digest.update(f"{Path(s.path).resolve()}|{s.is_crop}{geometry}\n".encode())
@@ -171,7 +172,7 @@ def face_crops(samples: list[Sample], context: float = CONTEXT, cache_dir=None, 
     for i, sample in enumerate(tqdm(samples, desc="cutting faces", disable=not progress, mininterval=2)):
         image = Image.open(sample.path).convert("L")
         box, found[i] = face_box(sample, image)
-        crops[i] = np.asarray(faces.cut_face(image, box, size, context))
+        crops[i] = np.asarray(faces.cut_face(image, box, size, context, upright=True))
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.savez(cache_file, crops=crops, found=found)
     return crops, found

@@ -40,6 +40,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from . import align
+
 #: model crop side as a fraction of the Haar box side
 CROP_SCALE = 0.77
 #: downward shift of the crop centre, in Haar box sides
@@ -524,17 +526,21 @@ def crop_box(face: Box) -> tuple[float, float, float]:
     return face.x + face.w / 2, face.y + face.h / 2 + CROP_SHIFT_Y * face.w, side
 
 
-def cut_face(image: Image.Image, face: Box, size: int, context: float = 1.0) -> Image.Image:
+def cut_face(image: Image.Image, face: Box, size: int, context: float = 1.0, upright: bool = False) -> Image.Image:
     """Cut the square model crop (times ``context``) for ``face``, resized to ``size``.
 
+    With ``upright`` a tilted head is turned level first (:func:`smilekit.align.tilt_degrees`, from the eyes).
     Parts outside the photo repeat its edge pixels, as the detector's padding does.
     Returns an image in the same mode as ``image``.
     """
+    arr = np.asarray(image)
+    degrees = align.tilt_degrees(arr if arr.ndim == 2 else np.asarray(image.convert("L")), face) if upright else 0.0
     cx, cy, side = crop_box(face)
     side *= context
+    if degrees:  # a larger square, so that the turned crop's corners are still the photo's pixels
+        side *= ROTATION_MARGIN
     left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
     side_px = max(1, int(round(side)))
-    arr = np.asarray(image)
     pads = [(max(0, -top), max(0, top + side_px - arr.shape[0])), (max(0, -left), max(0, left + side_px - arr.shape[1]))]
     if arr.ndim == 3:
         pads.append((0, 0))
@@ -542,14 +548,22 @@ def cut_face(image: Image.Image, face: Box, size: int, context: float = 1.0) -> 
         arr = np.pad(arr, pads, mode="edge")
         top += pads[0][0]
         left += pads[1][0]
-    crop = arr[top : top + side_px, left : left + side_px]
-    return Image.fromarray(np.ascontiguousarray(crop)).resize((size, size), Image.BILINEAR)
+    crop = Image.fromarray(np.ascontiguousarray(arr[top : top + side_px, left : left + side_px]))
+    if degrees:
+        inner = side_px / ROTATION_MARGIN
+        margin = (side_px - inner) / 2
+        crop = crop.rotate(degrees, resample=Image.BICUBIC).crop((round(margin), round(margin), round(margin + inner), round(margin + inner)))
+    return crop.resize((size, size), Image.BILINEAR)
+
+
+#: how much larger than the crop the square turned for a tilted head is (above sqrt(2): its corners stay inside)
+ROTATION_MARGIN = 1.45
 
 
 def model_crop(image: Image.Image, face: Box, size: int) -> Image.Image:
-    """The model's input for ``face``: cut with :data:`CONTEXT` like the training crops, then the centre."""
+    """The model's input for ``face``: cut upright with :data:`CONTEXT` like the training crops, then the centre."""
     context_size = int(round(size * CONTEXT))
-    big = cut_face(image, face, context_size, CONTEXT)
+    big = cut_face(image, face, context_size, CONTEXT, upright=True)
     offset = (context_size - size) // 2
     return big.crop((offset, offset, offset + size, offset + size))
 

@@ -44,9 +44,9 @@ import traceback
 from jupyter_client.provisioning import LocalProvisioner
 
 #: imported by the zygote, so every kernel has them: the kernel (its debugger support alone is 0.1 CPU-s, imported
-#: as the kernel starts), what the app's first cell imports, and the database dialects it then loads
+#: as the kernel starts), what the app's first cell imports, the database dialects it then loads, and the landmark model
 PRELOAD = ("ipykernel.kernelapp", "ipykernel.debugger", "smilekit.ui", "sqlalchemy.dialects.sqlite",
-           "sqlalchemy.dialects.postgresql")
+           "sqlalchemy.dialects.postgresql", "smilekit.align:landmark_model")  # module:function is also called
 #: seconds a kernel launch waits for the zygote to be ready (its imports) before starting the usual way
 START_TIMEOUT_S = 120
 #: bytes of command line the zygote keeps for its kernels' (the kernel's command is shown there, as ``ps`` shows it)
@@ -118,13 +118,16 @@ def _run_kernel(request: dict, ready_fd: int) -> None:  # pragma: no cover (runs
 
 
 def zygote(path: str, preload: list[str]) -> None:
-    """Import the modules ``preload``, then fork a kernel for each request on the Unix socket ``path`` until stdin closes.
+    """Import the modules ``preload`` (and call ``module:function`` entries), then fork a kernel for each request on the Unix socket ``path`` until stdin closes.
 
     A request is one JSON line ``{"cmd", "env", "cwd"}`` (``cmd``: ``python -m ipykernel_launcher ...``); the answer is ``{"pid": ...}`` at once, then
     ``{"exit": code}`` (negative: killed by that signal) when the kernel has ended and been reaped."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on the server: the server stops the kernels, then us
     for name in preload:
-        importlib.import_module(name)
+        module, _, function = name.partition(":")
+        loaded = importlib.import_module(module)
+        if function:  # e.g. a model file loaded once here is shared by every kernel
+            getattr(loaded, function)()
     if _threads() > 1:
         print(f"smilekit.forkkernel: the zygote runs {_threads()} threads; only one survives in a kernel",
               file=sys.stderr)
