@@ -16,6 +16,7 @@ then false boxes on photos with no face and the time of a 1 MP one-face photo. T
 process's CPU time (all threads): on a machine shared with other work the CPU time is the steadier figure.
 
     .venv/bin/python benchmarks/bench_groups.py [--root CHECKOUT] [--scenes 2] [--faces 30] [--empty 4] [--split test] [--sources N]
+    .venv/bin/python benchmarks/bench_groups.py --photo-size 1200 900 --sizes 40 60 100 --faces 12   # small group photos
 
 ``--root`` imports ``smilekit`` from another checkout (e.g. a ``git worktree`` of an older commit).
 """
@@ -124,18 +125,18 @@ def draws(rng, srcs: list[dict], width: int):
         yield from (usable[i] for i in rng.permutation(len(usable)))
 
 
-def scene(rng, draw, width: int, n: int, kind: str):
-    """A 12 MP photo with up to ``n`` faces of ``width`` px taken from ``draw`` (see :func:`draws`); returns
-    (JPEG bytes, [(true box, source, pasted region)])."""
-    canvas = background(kind, rng)
+def scene(rng, draw, width: int, n: int, kind: str, size=SIZE):
+    """A photo of ``size`` (default 12 MP) with up to ``n`` faces of ``width`` px taken from ``draw`` (see
+    :func:`draws`); returns (JPEG bytes, [(true box, source, pasted region)])."""
+    canvas = background(kind, rng, size)
     cell = max(2.4 * width, 1.0)
-    cols, rows = int(SIZE[0] // cell), int(SIZE[1] // cell)
+    cols, rows = int(size[0] // cell), int(size[1] // cell)
     cells = rng.permutation(cols * rows)[:n]
     truth = []
     for c in cells:
         src = next(draw)
-        cx = (c % cols + 0.5) * SIZE[0] / cols + rng.uniform(-0.3, 0.3) * cell
-        cy = (c // cols + 0.5) * SIZE[1] / rows + rng.uniform(-0.3, 0.3) * cell
+        cx = (c % cols + 0.5) * size[0] / cols + rng.uniform(-0.3, 0.3) * cell
+        cy = (c // cols + 0.5) * size[1] / rows + rng.uniform(-0.3, 0.3) * cell
         pasted = paste(canvas, src, width, cx, cy)
         if pasted is not None:
             truth.append((pasted[0], src, pasted[1]))
@@ -186,12 +187,15 @@ def main(argv=None) -> int:
     parser.add_argument("--scenes", type=int, default=2, help="scenes per face width")
     parser.add_argument("--faces", type=int, default=30, help="faces per scene")
     parser.add_argument("--empty", type=int, default=4, help="photos with no face")
+    parser.add_argument("--photo-size", type=int, nargs=2, default=list(SIZE), metavar=("W", "H"),
+                        help="the scenes' size (default 4000 3000; photos up to 1200 px take the one-face search's path)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sources", type=int, help="at most this many CelebA photos (and half as many MTFL) (default: all)")
     parser.add_argument("--split", choices=("val", "test"), default="test",
                         help="the photos the faces come from (val to choose the detector's settings)")
     args = parser.parse_args(argv)
+    size = tuple(args.photo_size)
     sys.path.insert(0, str(args.root.resolve()))
     import cv2
 
@@ -205,7 +209,7 @@ def main(argv=None) -> int:
     srcs = sources(faces_mod, predictor, limit=args.sources, split=args.split)
     rng = np.random.default_rng(args.seed)
     print(f"smilekit from {args.root.resolve()}; {len(srcs)} source faces from {args.split} photos "
-          f"({sum(s['kind'] == 'mtfl' for s in srcs)} MTFL); {SIZE[0]}x{SIZE[1]} JPEG scenes, {args.threads} threads\n")
+          f"({sum(s['kind'] == 'mtfl' for s in srcs)} MTFL); {size[0]}x{size[1]} JPEG scenes, {args.threads} threads\n")
     print("| face width | faces | found | recall | false boxes / photo | other faces of the pasted photos | accuracy found | same faces single | time / photo | CPU / photo |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for width in args.sizes:
@@ -214,12 +218,12 @@ def main(argv=None) -> int:
         right = right_single = 0
         times, cpu = [], []
         for k in range(args.scenes):
-            data, truth = scene(rng, draw, width, args.faces, BACKGROUNDS[k % len(BACKGROUNDS)])
+            data, truth = scene(rng, draw, width, args.faces, BACKGROUNDS[k % len(BACKGROUNDS)], size)
             start, start_cpu = time.perf_counter(), time.process_time()
             result = predictor.predict(data)
             times.append(time.perf_counter() - start)
             cpu.append(time.process_time() - start_cpu)
-            pairs, extra, elsewhere = match(result.faces, truth, SIZE[0] / result.image.width)
+            pairs, extra, elsewhere = match(result.faces, truth, size[0] / result.image.width)
             n, found, false, others = n + len(truth), found + len(pairs), false + extra, others + elsewhere
             right += sum(f.smiling == bool(s["smiling"]) for f, s in pairs)
             right_single += sum(s["single"] == bool(s["smiling"]) for _, s in pairs)
@@ -229,13 +233,13 @@ def main(argv=None) -> int:
               f"{statistics.median(times):.2f} s | {statistics.median(cpu):.2f} s |", flush=True)
     false, times, cpu = [], [], []
     for k in range(args.empty):
-        data = jpeg(background(BACKGROUNDS[k % len(BACKGROUNDS)], rng))
+        data = jpeg(background(BACKGROUNDS[k % len(BACKGROUNDS)], rng, size))
         start, start_cpu = time.perf_counter(), time.process_time()
         result = predictor.predict(data)
         times.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
         false.append(len(result.faces))
-    print(f"\nno-face 12 MP photos: {args.empty}, false boxes {sum(false)} ({sum(false) / max(1, args.empty):.2f} a photo: "
+    print(f"\nno-face {size[0]}x{size[1]} photos: {args.empty}, false boxes {sum(false)} ({sum(false) / max(1, args.empty):.2f} a photo: "
           f"{false}), median time {statistics.median(times):.2f} s (CPU {statistics.median(cpu):.2f} s)")
     # one face in a 1 MP photo (1155 x 866): the common upload
     src = next(s for s in srcs if s["kind"] == "celeba")

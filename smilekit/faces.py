@@ -26,8 +26,11 @@ level the profile cascade both ways) on overlapping tiles, one octave of face si
 pyramid (tiles keep OpenCV's working memory small: Haar on a whole 2,667 x 2,000 photo took ~290 MB), each new
 face confirmed by dlib HOG or the alt2 cascade on a close-up of it (Haar alone puts several false boxes on
 textured 12 MP backgrounds). The chain's other boxes (larger faces) are confirmed and added; single-face
-photos keep the chain's box. dlib HOG and the close-ups run on as many threads as OpenCV uses.
-Measured with ``benchmarks/bench_groups.py``.
+photos keep the chain's box. Smaller photos above DETECT_MAX_SIDE (a 1,200 x 900 group photo as phones
+share it) get the same cascades and close-ups after the chain, with the chain's faces in place of HOG's; there
+the chain's boxes other than the largest also need a close-up's confirmation (unconfirmed, 13 of 2,000 CelebA
+train photos got a second box on a neck, lettering or background; 11 are refused). dlib HOG and the
+close-ups run on as many threads as OpenCV uses. Measured with ``benchmarks/bench_groups.py``.
 """
 from __future__ import annotations
 
@@ -221,8 +224,9 @@ HAAR_WINDOW = 24
 GROUP_LEVEL_MAX_FACE = 56
 #: tiles of this side (plus the overlap of GROUP_LEVEL_MAX_FACE + 8) bound OpenCV's working memory
 GROUP_TILE = 512
-#: photos whose long side is at most this are only searched by the chain: at DETECT_MAX_SIDE it already sees
-#: faces of about 40 px (a 1 MP photo: 1,155 px), and the common one-face photo keeps its speed
+#: photos whose long side is at most this are searched by the chain, then (above DETECT_MAX_SIDE) by the group
+#: search's cascades for faces the chain's reduced copy shows too small, without its tiled dlib HOG: on val
+#: scenes of 1,200 x 900 px, faces 40 px wide were found 26 -> 90 %, 60 px 75 -> 97 %, 200 px 92 -> 100 %
 GROUP_SEARCH_MIN_SIDE = 1200
 #: a new face is confirmed on a close-up where its box is this many pixels (HOG's window is 80)
 VERIFY_FACE_SIDE = 100
@@ -338,16 +342,17 @@ def _without(gray: np.ndarray, boxes: list[Box], margin: float = 0.15) -> np.nda
     return out
 
 
-def _haar_candidates(levels: list[tuple[np.ndarray, float]]) -> list[tuple[Box, int]]:
+def _haar_candidates(levels: list[tuple[np.ndarray, float]], keep_cascades: bool = False) -> list[tuple[Box, int]]:
     """Haar faces on every level (the fine cascade on the GROUP_FINE_LEVELS finest only), in the pixels the
     levels were made from, each with its number of detections (the cascade's neighbours), not yet confirmed. The
     last level, which fits in one tile, is searched for faces of every size: the alt2 cascade there finds large
-    faces the chain can miss (two of four 1,000 px faces in a 12 MP collage)."""
+    faces the chain can miss (two of four 1,000 px faces in a 12 MP collage). ``keep_cascades``: use the cascades
+    kept loaded (small photos: their working buffers stay small) instead of loading them for this photo (0.05 CPU-s)."""
     boxes = []
     for name, neighbours, scale_factor in GROUP_CASCADES + (GROUP_FINE_CASCADE,):
         fine_only = (name, neighbours, scale_factor) == GROUP_FINE_CASCADE
         # loaded for this photo only, one at a time: OpenCV keeps a cascade's working buffers while it lives
-        cascade = _load_cascade(name)
+        cascade = _group_cascade(name) if keep_cascades else _load_cascade(name)
         for level, scale in levels[:GROUP_FINE_LEVELS] if fine_only else levels:
             max_side = None if _fits_one_tile(level) else GROUP_LEVEL_MAX_FACE
             boxes += [(b.scaled(1 / scale), v) for b, v in _tiled_haar(level, max_side, cascade, neighbours, fine_only, scale_factor)]
@@ -421,8 +426,9 @@ def _profile_on(patch: np.ndarray) -> Box | None:
 GROUP_TRIES = 3
 
 
-def _group_faces(source: np.ndarray, min_face: float) -> list[Box]:
-    """Faces of at least ``min_face`` pixels anywhere in ``source``, confirmed, in its pixels.
+def _group_faces(source: np.ndarray, min_face: float, found: list[Box] | None = None) -> list[Box]:
+    """Faces of at least ``min_face`` pixels anywhere in ``source``, confirmed, in its pixels; with ``found`` (faces
+    the one-face search found in a photo up to GROUP_SEARCH_MIN_SIDE) those instead of dlib HOG's.
 
     The finest level shows ``min_face`` pixels as HAAR_WINDOW. dlib HOG's faces there come first; they are
     then blanked out before the cascades search the pyramid, whose small windows would otherwise spend most
@@ -432,11 +438,14 @@ def _group_faces(source: np.ndarray, min_face: float) -> list[Box]:
     """
     scale = min(1.0, HAAR_WINDOW / min_face)
     finest = _resized(source, scale)
-    hog = _in_parallel(lambda box: _confirmed(source, box.scaled(1 / scale)), _tiled_hog(finest))
-    faces = [f for f in hog if f is not None]
+    if found is None:
+        hog = _in_parallel(lambda box: _confirmed(source, box.scaled(1 / scale)), _tiled_hog(finest))
+        faces = [f for f in hog if f is not None]
+    else:
+        faces = list(found)
     levels = _pyramid(_without(finest, [f.scaled(scale) for f in faces]), scale)
     clusters: list[list[Box]] = []
-    for box, _ in sorted(_haar_candidates(levels), key=lambda c: -c[1]):
+    for box, _ in sorted(_haar_candidates(levels, keep_cascades=found is not None), key=lambda c: -c[1]):
         if any(_overlaps(box, f) for f in faces):
             continue
         for cluster in clusters:
@@ -452,6 +461,16 @@ def _group_faces(source: np.ndarray, min_face: float) -> list[Box]:
     # of two confirmed faces one inside the other, the larger: the smaller is a part of it (or a face partly
     # hidden behind it), and keeping whichever came first lost the whole face
     return _remove_overlaps(faces)
+
+
+def _largest_and_confirmed(gray: np.ndarray, boxes: list[Box]) -> list[Box]:
+    """The largest of the one-face search's boxes, and those of the others that a close-up confirms
+    (:func:`_confirmed`): the cascade's second box on a chin, a neck or lettering is refused."""
+    if len(boxes) < 2:
+        return boxes
+    largest = max(boxes, key=lambda b: b.w)
+    others = [b for b in boxes if b is not largest]
+    return [largest] + [b for b, face in zip(others, _in_parallel(lambda k: _confirmed(gray, k), others)) if face is not None]
 
 
 def _overlaps(a: Box, b: Box) -> bool:
@@ -478,7 +497,10 @@ def detect_faces(image: Image.Image, detail: Image.Image | np.ndarray | None = N
     else:
         source = np.asarray(detail if detail.mode == "L" else detail.convert("L"))
     if max(source.shape) <= GROUP_SEARCH_MIN_SIDE:
-        return sorted(_chain(gray), key=lambda b: (b.x, b.y))
+        boxes = _largest_and_confirmed(gray, _chain(gray))
+        if max(gray.shape) > DETECT_MAX_SIDE:  # faces too small for the one-face search's reduced copy
+            boxes = _group_faces(gray, GROUP_MIN_FACE * max(gray.shape) / (full_side or max(gray.shape)), boxes)
+        return sorted(boxes, key=lambda b: (b.x, b.y))
     factor = source.shape[1] / gray.shape[1]
     group = _group_faces(source, GROUP_MIN_FACE * min(1.0, max(source.shape) / (full_side or max(source.shape))))
     boxes = _chain(gray, last_resort=False)
