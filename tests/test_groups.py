@@ -95,7 +95,7 @@ def test_the_single_face_search_alone_puts_no_face_on_a_blotchy_12_mp_photo(benc
 
 
 def test_one_face_photos_up_to_1200_px_are_detected_as_before(celeba_dir):
-    """Up to GROUP_SEARCH_MIN_SIDE the one-face search's box stands as it is; the search for small faces adds none."""
+    """Up to GROUP_SEARCH_MIN_SIDE the one-face search's box stands as it is: a portrait (PORTRAIT_FACE)."""
     photo = Image.open(celeba_dir / "img/0.jpg").convert("L")
     big = photo.resize((photo.width * 5, photo.height * 5))  # 890 x 1090
     assert faces.detect_faces(big) == faces._chain(np.asarray(big))
