@@ -27,6 +27,12 @@ def detect(data: bytes) -> tuple[list[faces.Box], float]:
     return boxes, factor
 
 
+def near(found: list[faces.Box], face: tuple) -> list[faces.Box]:
+    """The boxes centred within 0.4 face widths of a pasted face (x, y, width)."""
+    x, y, width = face
+    return [b for b in found if abs(b.x + b.w / 2 - x - width / 2) < 0.4 * width and abs(b.y + b.h / 2 - y - width / 2) < 0.4 * width]
+
+
 def test_every_face_of_40_to_200_px_in_a_12_mp_photo_is_found(celeba_dir, bench):
     rng = np.random.default_rng(3)
     canvas = bench.background("gradient", rng)
@@ -39,8 +45,8 @@ def test_every_face_of_40_to_200_px_in_a_12_mp_photo_is_found(celeba_dir, bench)
     boxes, factor = detect(bench.jpeg(canvas))
     found = [b.scaled(factor) for b in boxes]
     for tx, ty, tw in truth:
-        near = [b for b in found if abs(b.x + b.w / 2 - tx - tw / 2) < 0.4 * tw and abs(b.y + b.h / 2 - ty - tw / 2) < 0.4 * tw]
-        assert len(near) == 1 and 0.7 < near[0].w / tw < 1.4, (tw, near)
+        close = near(found, (tx, ty, tw))
+        assert len(close) == 1 and 0.7 < close[0].w / tw < 1.4, (tw, close)
     assert len(found) == len(truth)
 
 
@@ -58,8 +64,7 @@ def test_turned_and_capped_faces_in_a_12_mp_photo_are_found(celeba_dir, bench):
         truth.append(bench.paste(canvas, {"photo": photo, "box": box}, width, 600 + 700 * k, 900 + 300 * (k % 3))[0])
     boxes, factor = detect(bench.jpeg(canvas))
     found = [b.scaled(factor) for b in boxes]
-    missed = [(tx, ty, tw) for tx, ty, tw in truth
-              if not any(abs(b.x + b.w / 2 - tx - tw / 2) < 0.4 * tw and abs(b.y + b.h / 2 - ty - tw / 2) < 0.4 * tw for b in found)]
+    missed = [face for face in truth if not near(found, face)]
     assert missed == [] and len(found) == len(truth), (missed, found)
 
 
@@ -75,8 +80,7 @@ def test_turned_faces_100_px_wide_in_a_12_mp_photo_are_found(celeba_dir, bench):
         truth.append(bench.paste(canvas, {"photo": photo, "box": faces.detect_faces(photo)[0]}, 100, 700 + 850 * k, 1500)[0])
     boxes, factor = detect(bench.jpeg(canvas))
     found = [b.scaled(factor) for b in boxes]
-    missed = [(tx, ty, tw) for tx, ty, tw in truth
-              if not any(abs(b.x + b.w / 2 - tx - tw / 2) < 0.4 * tw and abs(b.y + b.h / 2 - ty - tw / 2) < 0.4 * tw for b in found)]
+    missed = [face for face in truth if not near(found, face)]
     assert missed == [] and len(found) == len(truth), (missed, found)
 
 
@@ -139,6 +143,5 @@ def test_faces_of_40_to_100_px_in_a_1200_px_photo_are_found(celeba_dir, bench):
         truth.append(bench.paste(canvas, {"photo": photo, "box": faces.detect_faces(photo)[0]}, width, cx, cy)[0])
     boxes, factor = detect(bench.jpeg(canvas))
     found = [b.scaled(factor) for b in boxes]
-    missed = [(tx, ty, tw) for tx, ty, tw in truth
-              if not any(abs(b.x + b.w / 2 - tx - tw / 2) < 0.4 * tw and abs(b.y + b.h / 2 - ty - tw / 2) < 0.4 * tw for b in found)]
+    missed = [face for face in truth if not near(found, face)]
     assert missed == [] and len(found) == len(truth), (missed, found)
