@@ -226,7 +226,7 @@ GROUP_LEVEL_MAX_FACE = 56
 GROUP_TILE = 512
 #: photos whose long side is at most this are searched by the chain, then (above DETECT_MAX_SIDE) by the group
 #: search's cascades for faces the chain's reduced copy shows too small, without its tiled dlib HOG: on val
-#: scenes of 1,200 x 900 px, faces 40 px wide were found 26 -> 90 %, 60 px 75 -> 97 %, 200 px 92 -> 100 %
+#: scenes of 1,200 x 900 px, faces 40 px wide were found 26 -> 90 %, 60 px 75 -> 97 %, 100 px 98 -> 100 %
 GROUP_SEARCH_MIN_SIDE = 1200
 #: ... unless the one face found there is at least this fraction of the photo's short side: a portrait, where the
 #: search for small faces would take a 1 MP photo from 0.06 to 0.22 CPU-s (1 thread). The cost: in 1,200 x 900
@@ -489,8 +489,8 @@ def detect_faces(image: Image.Image, detail: Image.Image | np.ndarray | None = N
     """Return every face box in ``image`` (any mode), left to right, in ``image``'s pixels.
 
     Tries Haar, Haar on a padded photo (faces touching the border), dlib HOG, then
-    the lenient last resorts, on a copy reduced to DETECT_MAX_SIDE. Photos larger than
-    GROUP_SEARCH_MIN_SIDE are also searched for smaller faces (see the module's notes), in
+    the lenient last resorts, on a copy reduced to DETECT_MAX_SIDE. Photos larger than DETECT_MAX_SIDE (up to
+    GROUP_SEARCH_MIN_SIDE: unless a portrait) are also searched for smaller faces (see the module's notes), in
     ``detail`` when given: the same photo at a higher resolution (any mode, or a greyscale array).
     ``full_side``: the photo's long side at full size, if ``detail`` is reduced (GROUP_MIN_FACE is in
     full-size pixels).
