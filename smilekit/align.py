@@ -22,10 +22,14 @@ MIN_DEGREES = 4.0
 MAX_DEGREES = 40.0
 #: the distance between the eye centres, as fractions of the detector box side, of a plausible pair
 EYE_DISTANCE = (0.25, 0.7)
-#: dlib's landmark model was trained on dlib HOG boxes: a SmileKit (Haar-frame) box is this much larger
-#: and shifted down by this fraction of the HOG box side (the inverse of faces.HOG_TO_HAAR_*)
-HAAR_TO_HOG_SIZE = 1 / 1.11
-HAAR_TO_HOG_SHIFT_Y = 0.083
+
+
+def hog_frame(box) -> tuple[float, float, float]:
+    """Centre x, centre y and side of the dlib HOG box that :mod:`smilekit.faces` turns into ``box`` (Haar frame)."""
+    from .faces import HOG_TO_HAAR_SHIFT_Y, HOG_TO_HAAR_SIZE  # faces imports this module
+
+    side = box.w / HOG_TO_HAAR_SIZE
+    return box.x + box.w / 2, box.y + box.h / 2 - HOG_TO_HAAR_SHIFT_Y * side, side
 
 
 def model_file() -> Path:
@@ -50,8 +54,7 @@ def eye_centres(gray: np.ndarray, box) -> tuple[np.ndarray, np.ndarray]:
     """The centres of the eye on the left and on the right of the picture (x, y) for a face box."""
     import dlib
 
-    side = box.w * HAAR_TO_HOG_SIZE
-    cx, cy = box.x + box.w / 2, box.y + box.h / 2 - HAAR_TO_HOG_SHIFT_Y * side
+    cx, cy, side = hog_frame(box)  # dlib's landmark model was trained on dlib HOG boxes
     rect = dlib.rectangle(int(cx - side / 2), int(cy - side / 2), int(cx + side / 2), int(cy + side / 2))
     points = landmark_model()(np.ascontiguousarray(gray), rect).parts()
     first = np.array([(points[0].x + points[1].x) / 2, (points[0].y + points[1].y) / 2])
@@ -69,7 +72,8 @@ def tilt_degrees(gray: np.ndarray, box) -> float:
     left, right = eye_centres(gray, box)
     dx, dy = right - left
     low, high = EYE_DISTANCE
-    if not low * box.w * HAAR_TO_HOG_SIZE < math.hypot(dx, dy) < high * box.w * HAAR_TO_HOG_SIZE:
+    side = hog_frame(box)[2]
+    if not low * side < math.hypot(dx, dy) < high * side:
         return 0.0
     degrees = math.degrees(math.atan2(dy, dx))
     return degrees if MIN_DEGREES <= abs(degrees) <= MAX_DEGREES else 0.0

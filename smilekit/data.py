@@ -148,7 +148,7 @@ def face_box(sample: Sample, image: Image.Image) -> tuple[faces.Box, bool]:
 
 
 def _cache_key(samples: list[Sample], context: float) -> str:
-    digest = hashlib.sha256(f"v3 {context} {faces.DETECT_MAX_SIDE} {faces.CROP_SCALE} {faces.CROP_SHIFT_Y} "
+    digest = hashlib.sha256(f"v4 {context} {faces.DETECT_MAX_SIDE} {faces.CROP_SCALE} {faces.CROP_SHIFT_Y} "
                             f"upright {align.MIN_DEGREES} {align.MAX_DEGREES} {align.EYE_DISTANCE}".encode())
     for s in samples:
         geometry = f"|{CROP_GEOMETRY[s.dataset]}" if s.dataset in CROP_GEOMETRY else ""

@@ -467,14 +467,23 @@ def _group_faces(source: np.ndarray, min_face: float, found: list[Box] | None = 
     return _remove_overlaps(faces)
 
 
+def _confirmed_others(source: np.ndarray, boxes: list[Box], placed: list[Box]) -> list[Box]:
+    """Those of the one-face search's ``boxes`` that a close-up confirms (:func:`_confirmed`), as the confirming
+    detector places them (like the group search's faces), unless they fall on a face already ``placed``: the
+    cascade's second box on a chin, a neck or lettering is refused."""
+    confirmed = list(placed)
+    for face in _in_parallel(lambda k: _confirmed(source, k), [b for b in boxes if not any(_overlaps(b, p) for p in placed)]):
+        if face is not None and not any(_overlaps(face, f) for f in confirmed):
+            confirmed.append(face)
+    return confirmed[len(placed):]
+
+
 def _largest_and_confirmed(gray: np.ndarray, boxes: list[Box]) -> list[Box]:
-    """The largest of the one-face search's boxes, and those of the others that a close-up confirms
-    (:func:`_confirmed`): the cascade's second box on a chin, a neck or lettering is refused."""
+    """The largest of the one-face search's boxes, and the others a close-up confirms (:func:`_confirmed_others`)."""
     if len(boxes) < 2:
         return boxes
     largest = max(boxes, key=lambda b: b.w)
-    others = [b for b in boxes if b is not largest]
-    return [largest] + [b for b, face in zip(others, _in_parallel(lambda k: _confirmed(gray, k), others)) if face is not None]
+    return [largest] + _confirmed_others(gray, [b for b in boxes if b is not largest], [largest])
 
 
 def _overlaps(a: Box, b: Box) -> bool:
@@ -517,11 +526,7 @@ def detect_faces(image: Image.Image, detail: Image.Image | np.ndarray | None = N
     # the group search's faces stand; the chain's other boxes are confirmed (and placed) like them. Unconfirmed,
     # the chain's one box on a photo where the group search found nothing was a false face on 5 of 6 blotchy
     # 12 MP backgrounds
-    faces = list(group)
-    others = [k for k in chain if not any(_overlaps(k, g) for g in group)]
-    for face in _in_parallel(lambda k: _confirmed(source, k), others):
-        if face is not None and not any(_overlaps(face, f) for f in faces):
-            faces.append(face)
+    faces = group + _confirmed_others(source, chain, group)
     return sorted((b.scaled(1 / factor) for b in faces), key=lambda b: (b.x, b.y))
 
 
