@@ -14,14 +14,19 @@ else Incorrect), with the crop shared. Clicks go on random faces, or (``--uncert
 (``--pool`` faces) whose probability is nearest the threshold. Then ``smilekit.retrain.retrain`` (what
 ``smilekit retrain`` runs) fine-tunes on those clicks and applies the promotion rule; the benchmark scores the
 collection's ``--split`` through the same app path before and after. ``--wrong 0.1`` adds runs where 10 % of
-the clicks say the opposite (mistakes or abuse). Each run also reports calibration alone: the base model with its
-threshold refitted on the clicks (``metrics.best_threshold``), no retraining. Settings are chosen on ``--split val``,
+the clicks say the opposite (mistakes or abuse). Each run also reports what the calibration that ``retrain`` fits
+on the clicks' verdicts (``smilekit.calibration``, no face pixels needed) does for the base model: on the
+collection, and on the other collections' splits if the same calibration were applied there too (a deployment
+whose photos mix collections). ``--calibrate-only`` skips fine-tuning (seconds a run). ``--mix-with smilesmiled``
+adds such deployments: ``--mix-clicks`` clicks of which ``--mix-shares`` come from the collection and the rest from
+the other set's train split, calibrated together, scored on both. Settings are chosen on ``--split val``,
 reported on test.
 
     .venv/bin/python benchmarks/bench_learning.py --data ../shared/data [--base outputs/runs/smilenet-ecb088b1.pt]
         [--collection mtfl] [--split test] [--clicks 250,500,1000,2000] [--wrong 0.1] [--wrong-clicks 1000,2000]
         [--uncertain 500] [--pool 2000] [--feedback-share 0.2,0.5] [--epochs 3,6] [--lr 5e-4,2e-4]
-        [--click-noise 0.1] [--threads 1] [--out outputs/metrics/learning.json]
+        [--click-noise 0.1] [--threads 1] [--calibrate-only] [--mix-with smilesmiled] [--mix-shares 0.75,0.5,0.25]
+        [--out outputs/metrics/learning.json]
 
 ``--click-noise`` is ``RetrainConfig.click_noise`` (clicks the base contradicts with confidence weigh less).
 ``--feedback-share``, ``--epochs`` and ``--lr`` take lists: every click run is repeated for each combination. ``--limit`` caps
@@ -47,11 +52,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from smilekit import evaluate, metrics, retrain  # noqa: E402
+from smilekit.calibration import Calibration  # noqa: E402
 from smilekit.data import select  # noqa: E402
 from smilekit.feedback import FeedbackStore  # noqa: E402
 from smilekit.predict import Predictor  # noqa: E402
 
-LABEL_FILES = {"mtfl": "labels.csv", "fer2013": "labels.csv"}
+LABEL_FILES = {"mtfl": "labels.csv", "fer2013": "labels.csv", "smilesmiled": "split.csv"}  # face crops, path / smiling / split
 #: the last model shipped before any trained on MTFL or FER2013 (see the docstring to extract it)
 DEFAULT_BASE = ROOT / "outputs" / "runs" / "smilenet-ecb088b1.pt"
 
@@ -98,10 +104,55 @@ def pick_clicks(probs: np.ndarray, count: int, threshold: float, uncertain: bool
 
 
 def other_changes(data: Path, collection: str, split: str, limit, base: Path):
-    """A function giving, for a candidate checkpoint, {other dataset: change in accuracy points} on ``split``."""
+    """Functions giving {other dataset: change in accuracy points} on ``split``: for a candidate checkpoint, and for
+    the base with a calibration applied."""
     sets = evaluate.load_sets(data, [d for d in retrain.available_test_sets(data) if d != collection], split, limit)
-    before = evaluate.summaries(evaluate.evaluate(base, sets))
-    return lambda candidate: {k: v * 100 for k, v in retrain.changes(before, evaluate.summaries(evaluate.evaluate(candidate, sets))).items()}
+    base_eval = evaluate.evaluate(base, sets)
+    before = evaluate.summaries(base_eval)
+
+    def of_candidate(candidate):
+        return {k: v * 100 for k, v in retrain.changes(before, evaluate.summaries(evaluate.evaluate(candidate, sets))).items()}
+
+    def of_calibration(calibration: Calibration):
+        return {name: (metrics.accuracy(e.labels, calibration.apply(e.probabilities), e.threshold) - before[name]["accuracy"]) * 100
+                for name, e in base_eval.items()}
+    return of_candidate, of_calibration
+
+
+def calibrated_on(url: str, base: Predictor) -> Calibration:
+    """The calibration ``retrain`` fits on the verdicts in ``url`` (not stored); no change if it refuses one."""
+    store = FeedbackStore(url)
+    try:
+        fitted = retrain.calibrate(store, base.meta["version"], base.threshold, save=False)
+    finally:
+        store.close()
+    return Calibration(fitted["slope"], fitted["offset"]) if fitted["kept"] else Calibration()
+
+
+def mixed_runs(args, base: Predictor, pool, pool_probs, pool_crops, own: tuple, tmp: str) -> list[dict]:
+    """Deployments whose clicks mix the collection with ``args.mix_with``: the calibration fitted on the mix, and
+    the change in accuracy points on each set's scored split. ``own`` is (labels, base probabilities) of the collection's."""
+    partner = read_collection(args.data, args.mix_with)
+    order = np.random.default_rng(args.seed + 1).permutation(len(partner["train"]))
+    other_pool = [partner["train"][i] for i in order[: args.mix_clicks]]
+    other_probs, other_crops = score(base, other_pool)
+    other_labels = np.array([label for _, label in partner[args.split]])
+    other_scored, _ = score(base, partner[args.split])
+    rows = []
+    for share in numbers(args.mix_shares, float):
+        mine = round(args.mix_clicks * share)
+        theirs = args.mix_clicks - mine
+        url = f"sqlite:///{tmp}/mix-{share}.db"
+        write_clicks(url, pool[:mine] + other_pool[:theirs], np.concatenate([pool_probs[:mine], other_probs[:theirs]]),
+                     pool_crops[:mine] + other_crops[:theirs], base.threshold, base.version, 0.0, args.seed)
+        calibrated = calibrated_on(url, base)
+        gains = {name: (metrics.accuracy(labels, calibrated.apply(probs), base.threshold) - metrics.accuracy(labels, probs, base.threshold)) * 100
+                 for name, (labels, probs) in ((args.collection, own), (args.mix_with, (other_labels, other_scored)))}
+        rows.append({"clicks": args.mix_clicks, "share_from_collection": share, "kept": calibrated != Calibration(),
+                     "slope": calibrated.slope, "offset": calibrated.offset, "gain_points": gains})
+        print(f"mixed deployment, {mine} {args.collection} + {theirs} {args.mix_with} clicks: calibrated, change in points "
+              + ", ".join(f"{k} {v:+.2f}" for k, v in gains.items()), flush=True)
+    return rows
 
 
 def numbers(text: str, kind=int) -> list:
@@ -126,6 +177,10 @@ def main() -> None:
     parser.add_argument("--distill", default=str(retrain.RetrainConfig.distill))
     parser.add_argument("--click-noise", type=float, default=retrain.RetrainConfig.click_noise, help="assumed share of wrong clicks")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--calibrate-only", action="store_true", help="only the calibration (no fine-tuning): seconds a run")
+    parser.add_argument("--mix-with", choices=sorted(LABEL_FILES), help="a face-crop set whose clicks join the collection's")
+    parser.add_argument("--mix-clicks", type=int, default=1000)
+    parser.add_argument("--mix-shares", default="0.75,0.5,0.25", help="shares of the mixed clicks from the collection")
     parser.add_argument("--limit", type=int, help="images per split of the original data (quick runs)")
     parser.add_argument("--test-limit", type=int, help="faces of the collection's scored split (quick runs)")
     parser.add_argument("--seed", type=int, default=0)
@@ -150,7 +205,8 @@ def main() -> None:
     before = metrics.accuracy(labels, base_probs, base.threshold)
     pool_probs, pool_crops = score(base, pool)
     # settings are chosen on val: the other datasets' val splits too (the promotion rule reads their test splits)
-    others_on_val = other_changes(args.data, args.collection, "val", args.limit, args.base) if args.split == "val" else None
+    others_on_val, _ = other_changes(args.data, args.collection, "val", args.limit, args.base) if args.split == "val" else (None, None)
+    _, calibration_on_others = other_changes(args.data, args.collection, args.split, args.limit, args.base)
     print(f"{args.collection} {args.split} split, {len(scored)} faces: accuracy {before:.4f} with {base.version} "
           f"(trained on {', '.join(datasets)})", flush=True)
     results = []
@@ -168,32 +224,46 @@ def main() -> None:
                     clicked = [pool[i] for i in chosen]
                     given = write_clicks(url, clicked, pool_probs[chosen], [pool_crops[i] for i in chosen], base.threshold,
                                          base.version, wrong, args.seed)
-                    refit = metrics.best_threshold(given, pool_probs[chosen])  # calibration alone: the base, its cut fitted on the clicks
                     config = retrain.RetrainConfig(db_url=url, data_root=str(args.data), model=str(args.base), datasets=datasets,
                                                    epochs=epochs, lr=lr, limit=args.limit, feedback_share=share, threads=args.threads,
                                                    distill=distill, click_noise=args.click_noise,
-                                                   work_dir=str(Path(tmp) / f"work-{name}"))
+                                                   work_dir=str(Path(tmp) / f"work-{name}"), fine_tune=not args.calibrate_only)
                     outcome = retrain.retrain(config, progress=False, say=lambda line: None)
-                    candidate = Predictor(outcome["candidate"])  # the app cuts the same crops whatever the model
-                    after = metrics.accuracy(labels, candidate.predict_proba(scored_crops), candidate.threshold)
-                    others = (others_on_val(outcome["candidate"]) if others_on_val
-                              else {k: v * 100 for k, v in outcome["changes"].items() if k != args.collection})
+                    fitted = outcome["calibration"]
+                    calibrated = Calibration(fitted["slope"], fitted["offset"]) if fitted["kept"] else Calibration()
+                    calibrated_acc = metrics.accuracy(labels, calibrated.apply(base_probs), base.threshold)
+                    if outcome["candidate"]:
+                        candidate = Predictor(outcome["candidate"])  # the app cuts the same crops whatever the model
+                        after = metrics.accuracy(labels, candidate.predict_proba(scored_crops), candidate.threshold)
+                        others = (others_on_val(outcome["candidate"]) if others_on_val
+                                  else {k: v * 100 for k, v in outcome["changes"].items() if k != args.collection})
+                    else:
+                        after, others = before, {}
                     row = {"clicks": n, "wrong_share": wrong, "wrong_clicks": int((given != [l for _, l in clicked]).sum()),
                            "uncertain_first": uncertain, "feedback_share": share, "epochs": epochs, "lr": lr, "distill": distill,
                            "click_noise": args.click_noise,
                            "held_out_before": before,
+                           "fine_tuned": bool(outcome["candidate"]),
                            "held_out_after": after, "gain_points": (after - before) * 100,
-                           "threshold_refit_only": {"threshold": refit, "held_out": metrics.accuracy(labels, base_probs, refit),
-                                                    "gain_points": (metrics.accuracy(labels, base_probs, refit) - before) * 100},
+                           "calibration": {"kept": fitted["kept"], "slope": fitted["slope"], "offset": fitted["offset"],
+                                           "verdicts": fitted["verdicts"], "left_out_sessions": len(fitted["left_out_sessions"]),
+                                           "held_out": calibrated_acc, "gain_points": (calibrated_acc - before) * 100,
+                                           "if_applied_to_others_points": calibration_on_others(calibrated)},
                            "other_changes_points": others, "others_split": "val" if others_on_val else "test",
                            "rule_allows": outcome["reason"].startswith("promoted"), "minutes": (time.monotonic() - start) / 60}
                     results.append(row)
                     args.out.write_text(json.dumps(dict(payload, load_average=os.getloadavg()), indent=2))  # after every run
                     listed = ", ".join(f"{k} {v:+.2f}" for k, v in others.items())
-                    print(f"share {share}, {epochs} epochs, lr {lr:g}, distill {distill:g}, click noise {args.click_noise:g}, {n:>5} {'uncertain' if uncertain else 'random'} clicks, {wrong:.0%} wrong: "
-                          f"{args.collection} {before:.4f} -> {after:.4f} ({row['gain_points']:+.2f} points; threshold refit alone "
-                          f"{row['threshold_refit_only']['gain_points']:+.2f}); others ({row['others_split']}) {listed}; "
-                          f"rule allows: {row['rule_allows']}; {row['minutes']:.1f} min", flush=True)
+                    spill = ", ".join(f"{k} {v:+.2f}" for k, v in row["calibration"]["if_applied_to_others_points"].items())
+                    tuned = (f"fine-tuned {before:.4f} -> {after:.4f} ({row['gain_points']:+.2f} points), others ({row['others_split']}) "
+                             f"{listed}, rule allows: {row['rule_allows']}; " if row["fine_tuned"] else "")
+                    print(f"share {share}, {epochs} epochs, lr {lr:g}, distill {distill:g}, click noise {args.click_noise:g}, {n:>5} "
+                          f"{'uncertain' if uncertain else 'random'} clicks, {wrong:.0%} wrong: {args.collection} {tuned}calibrated "
+                          f"{calibrated_acc:.4f} ({row['calibration']['gain_points']:+.2f} points, kept {fitted['kept']}; on others "
+                          f"{spill}); {row['minutes']:.1f} min", flush=True)
+        if args.mix_with:
+            payload["mixed"] = mixed_runs(args, base, pool, pool_probs, pool_crops, (labels, base_probs), tmp)
+            args.out.write_text(json.dumps(dict(payload, load_average=os.getloadavg()), indent=2))
     print("written:", args.out)
 
 

@@ -109,7 +109,7 @@ def cmd_retrain(args) -> int:
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
     try:
-        result = retrain(RetrainConfig(**given, promote=args.promote), progress=not args.quiet,
+        result = retrain(RetrainConfig(**given, promote=args.promote, fine_tune=not args.calibrate_only), progress=not args.quiet,
                          say=lambda line: print(line, flush=True))
     except ArgumentError as err:
         print(f"error: --db is not a database URL (e.g. sqlite:///outputs/feedback.db): {err}", file=sys.stderr)
@@ -119,7 +119,9 @@ def cmd_retrain(args) -> int:
         return 2
     accuracy = lambda summaries: {name: s["accuracy"] for name, s in summaries.items()}
     print(json.dumps({"candidate": result["candidate"], "promoted": result["promoted"], "before": accuracy(result["before"]),
-                      "after": accuracy(result["after"]), "feedback": result["feedback"]}), flush=True)
+                      "after": accuracy(result["after"]), "feedback": result["feedback"],
+                      "calibration": {key: result["calibration"][key] for key in ("verdicts", "kept", "id", "slope", "offset", "scores")}}),
+          flush=True)
     return 0
 
 
@@ -177,8 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads (default 2)")
     p.set_defaults(run=cmd_train_frozen)
 
-    p = sub.add_parser("retrain", help="fine-tune on consented feedback; promote only if no test split drops",
-                       description="Fine-tune the current model on consented feedback, compare before / after on every "
+    p = sub.add_parser("retrain", help="calibrate on verdicts, fine-tune on consented feedback; promote only if no test split drops",
+                       description="Calibrate the current model on its verdicts (smilekit.calibration), "
+                                   "fine-tune it on consented feedback, compare before / after on every "
                                    "test split under the data root, promote only if none drops by more than --max-drop "
                                    "and --promote is given. Options left out take smilekit.retrain.RetrainConfig's defaults. "
                                    "The last line printed is one JSON object.")
@@ -195,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--click-noise", type=float, help="assumed share of wrong clicks: clicks the model contradicts weigh less")
     p.add_argument("--threads", type=int, help="CPU threads for fine-tuning")
     p.add_argument("--max-drop", type=float, help="largest accuracy drop allowed on any test split, e.g. 0.005 (half a point)")
-    p.add_argument("--promote", action="store_true", help="copy the candidate into the models folder if the rule allows")
+    p.add_argument("--promote", action="store_true", help="copy the candidate into the models folder if the rule allows, "
+                   "and put a calibration that predicts held-out verdicts better in force")
+    p.add_argument("--calibrate-only", action="store_true", help="fit the calibration on the verdicts only; no fine-tuning")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=cmd_retrain)
     return parser

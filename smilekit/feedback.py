@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 from urllib.parse import quote
 
+import numpy as np
 from PIL import Image
 from sqlalchemy import (
     BigInteger,
@@ -49,7 +50,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, defer, mapped_column
 
-from . import migrate, settings
+from . import calibration, migrate, settings
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,22 @@ class VerdictCount(Base):
     true_smiling: Mapped[bool] = mapped_column(Boolean, primary_key=True)
     predicted_smiling: Mapped[bool] = mapped_column(Boolean, primary_key=True)
     verdicts: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class CalibrationRow(Base):
+    """A calibration fitted on one model version's verdicts (:mod:`smilekit.calibration`); the newest is in force."""
+
+    __tablename__ = "calibration"
+    __table_args__ = (Index("ix_calibration_model", "model_version", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
+    model_version: Mapped[str] = mapped_column(String(128))
+    slope: Mapped[float] = mapped_column(Float)
+    offset: Mapped[float] = mapped_column(Float)
+    verdicts: Mapped[int] = mapped_column(Integer)
+    accuracy_before: Mapped[float] = mapped_column(Float)  # cross-validated on the verdicts, without and with it
+    accuracy_after: Mapped[float] = mapped_column(Float)
 
 
 COLUMNS = ("id", "created_at", "updated_at", "session_id", "photo_sha256", "face_index", "box", "predicted_smiling",
@@ -445,6 +462,46 @@ class FeedbackStore:
             except OSError:
                 log.warning("skipping an unreadable stored crop")
         return out
+
+    # -- calibration ---------------------------------------------------------------
+
+    def verdicts_of(self, model_version: str) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+        """The model's own probability and the true label of every verdict on ``model_version``'s answers, as it
+        served them calibrated or not, and the rows (session, verdict, probability shown) for checks."""
+        prefix = model_version + calibration.SEPARATOR
+        with Session(self.engine) as session:
+            found = session.execute(
+                select(Verdict.model_version, Verdict.probability, Verdict.true_smiling, Verdict.session_id,
+                       Verdict.verdict, Verdict.predicted_smiling)
+                .where((Verdict.model_version == model_version) | Verdict.model_version.startswith(prefix, autoescape=True))
+                .order_by(Verdict.id)).all()
+            used = {row.id: calibration.Calibration(row.slope, row.offset, row.id)
+                    for row in session.execute(select(CalibrationRow).where(CalibrationRow.model_version == model_version)).scalars()}
+        probs, labels, rows = [], [], []
+        for served, probability, truth, session_id, verdict, predicted in found:
+            cal_id = calibration.split_version(served)[1]
+            if cal_id is not None and cal_id not in used:
+                continue  # a calibration of another database's: its answers cannot be undone
+            probs.append(used[cal_id].undo(probability) if cal_id is not None else probability)
+            labels.append(int(bool(truth)))
+            rows.append({"session_id": session_id, "verdict": verdict, "probability": probability, "predicted_smiling": bool(predicted)})
+        return np.array(probs, dtype=float), np.array(labels, dtype=int), rows
+
+    def save_calibration(self, model_version: str, fitted: "calibration.Calibration", verdicts: int, scores: dict) -> int:
+        """Store a calibration for ``model_version``; it is in force from the app's next upload. Returns its id."""
+        row = CalibrationRow(model_version=model_version, slope=fitted.slope, offset=fitted.offset, verdicts=verdicts,
+                             accuracy_before=scores["accuracy_before"], accuracy_after=scores["accuracy_after"])
+        with Session(self.engine) as session, session.begin():
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def calibration_for(self, model_version: str) -> "calibration.Calibration | None":
+        """The calibration in force for ``model_version`` (the newest stored), else None."""
+        with Session(self.engine) as session:
+            row = session.execute(select(CalibrationRow).where(CalibrationRow.model_version == model_version)
+                                  .order_by(CalibrationRow.id.desc()).limit(1)).scalar_one_or_none()
+        return None if row is None else calibration.Calibration(row.slope, row.offset, row.id)
 
     def close(self) -> None:
         self.engine.dispose()

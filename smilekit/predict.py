@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from . import faces
+from .calibration import Calibration
 from .images import ImageError, load_image, load_photo
 from .runtime import (DEFAULT_THRESHOLD, INPUT_SIZE, ExportedModel, crops_to_array, decision_threshold, default_model_path,
                       probabilities)
@@ -85,11 +86,21 @@ class Predictor:
         self.runtime = "onnx" if exported is not None else "torch"
         self.temperature = float(self.meta.get("temperature", 1.0))
         self.threshold = decision_threshold(self.meta)
-        self.version = self.meta["version"]
+        self.calibration: Calibration | None = None  # fitted on this deployment's verdicts (see calibrate)
+
+    @property
+    def version(self) -> str:
+        """The version verdicts are stored under: the weights' own, with the calibration's id when one is in use."""
+        return self.calibration.served_version(self.meta["version"]) if self.calibration else self.meta["version"]
+
+    def calibrate(self, calibration: Calibration | None) -> None:
+        """Use ``calibration`` (from :meth:`smilekit.feedback.FeedbackStore.calibration_for`; None: none) from now on."""
+        self.calibration = calibration
 
     def predict_proba(self, crops) -> np.ndarray:
         """Probability of smiling for 64x64 greyscale crops (PIL images or uint8 arrays)."""
-        return probabilities(self._logits(crops_to_array(crops)), self.temperature)
+        probs = probabilities(self._logits(crops_to_array(crops)), self.temperature)
+        return self.calibration.apply(probs) if self.calibration else probs
 
     def predict(self, source, whole_image: bool = False) -> PhotoPrediction:
         """Every face in a photo (bytes, path or PIL image).

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import evaluate, settings
+from . import calibration, evaluate, settings
 from .data import CONTEXT_SIZE, LOADERS, data_root as resolve_data_root
-from .feedback import FeedbackStore
+from .feedback import FeedbackStore, disagreeing_sessions
 from .model import load_checkpoint
-from .runtime import INPUT_SIZE, default_model_path, export_paths
+from .runtime import INPUT_SIZE, decision_threshold, default_model_path, export_paths
 from .train import TrainConfig, train
 
 #: a new model is refused if any test split's accuracy drops by more than this (0.5 point)
@@ -56,7 +56,8 @@ class RetrainConfig:
     click_noise: float = 0.0
     threads: int = TrainConfig.threads  # CPU threads for fine-tuning
     max_drop: float = MAX_DROP  # refuse the candidate if a test split's accuracy drops by more than this
-    promote: bool = False  # copy an accepted candidate into the models folder (else only write it)
+    promote: bool = False  # copy an accepted candidate into the models folder, store an accepted calibration (else report only)
+    fine_tune: bool = True  # False: only calibrate (seconds instead of minutes)
 
 
 def feedback_arrays(pairs) -> tuple[np.ndarray, np.ndarray]:
@@ -140,24 +141,53 @@ def available_test_sets(data_root=None) -> list[str]:
     return [name for name in LOADERS if (root / name).is_dir()]
 
 
-def retrain(config: RetrainConfig, progress: bool = True, say=print) -> dict:
-    """Fine-tune the current model on consented feedback, compare before / after, promote if the rule allows.
+def calibrate(store: FeedbackStore, model_version: str, threshold: float, save: bool) -> dict:
+    """Fit a calibration on the verdicts of ``model_version`` (sessions flagged by ``disagreeing_sessions`` left
+    out) and, if it predicts held-out verdicts better and ``save``, store it: the app uses it from its next upload.
 
-    Returns {model, model_version, candidate, candidate_version, feedback, before, after, changes, promoted,
-    reason, promoted_path, config};
-    ``before`` / ``after`` are {test set: summary}. With no consented crop nothing is trained
-    (candidate None). ``say`` receives one line per step.
+    Returns {verdicts, left_out_sessions, kept, id, slope, offset, scores, reason}.
+    """
+    probs, labels, rows = store.verdicts_of(model_version)
+    flagged = {f["session_id"] for f in disagreeing_sessions(rows)}
+    keep = np.array([r["session_id"] not in flagged for r in rows], dtype=bool)
+    fitted, scores, reason = calibration.decide(probs[keep], labels[keep], threshold)
+    out = {"verdicts": int(keep.sum()), "left_out_sessions": sorted(flagged), "kept": fitted is not None, "id": None,
+           "slope": None if fitted is None else fitted.slope, "offset": None if fitted is None else fitted.offset,
+           "scores": scores, "reason": reason}
+    if fitted is not None and save:
+        out["id"] = store.save_calibration(model_version, fitted, out["verdicts"], scores)
+        in_force = calibration.Calibration(fitted.slope, fitted.offset, out["id"])
+        out["reason"] += f"; in force as {in_force.served_version(model_version)}"
+    elif fitted is not None:
+        out["reason"] += "; not stored (promotion not asked for)"
+    return out
+
+
+def retrain(config: RetrainConfig, progress: bool = True, say=print) -> dict:
+    """Calibrate the current model on its verdicts, fine-tune it on consented feedback, compare before / after,
+    promote if the rule allows.
+
+    Returns {model, model_version, calibration, candidate, candidate_version, feedback, before, after, changes,
+    promoted, reason, promoted_path, config};
+    ``before`` / ``after`` are {test set: summary}. With no consented crop (or ``fine_tune`` off) nothing is
+    trained (candidate None). ``say`` receives one line per step.
     """
     current = settings.project_path(config.model) if config.model else default_model_path()
+    meta = load_checkpoint(current)[1]
     store = FeedbackStore(config.db_url)
     try:
-        pairs = store.consented_crops()
+        calibrated = calibrate(store, meta["version"], decision_threshold(meta), save=config.promote)
+        pairs = store.consented_crops() if config.fine_tune else []
     finally:
         store.close()
-    result = {"model": str(current), "model_version": load_checkpoint(current)[1]["version"], "candidate": None,
+    say(f"calibration: {calibrated['reason']}")
+    result = {"model": str(current), "model_version": meta["version"], "calibration": calibrated, "candidate": None,
               "candidate_version": None, "feedback": len(pairs), "before": {}, "after": {},
               "changes": {}, "promoted": False, "reason": "no consented feedback crops: nothing to learn from",
               "promoted_path": None, "config": asdict(config)}
+    if not config.fine_tune:
+        result["reason"] = "fine-tuning not asked for"
+        return result
     say(f"current model {current}; {len(pairs)} consented feedback crops ({sum(l for _, l in pairs)} smiling)")
     if not pairs:
         say(result["reason"])

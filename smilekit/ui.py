@@ -187,6 +187,7 @@ class SmileApp:
         self.store = store or self._guarded(FeedbackStore, "The feedback database is not reachable; verdicts cannot be saved.")
         self.upload.disabled = self.camera_toggle.disabled = self.predictor is None
         self.camera_view.set_predictor(self.predictor)
+        self.use_current_calibration()
         self._safely(self.refresh_metrics)
 
     # -- building the page -------------------------------------------------------
@@ -335,6 +336,7 @@ class SmileApp:
                             "Please upload the others separately.")
             files = files[:MAX_FILES_PER_UPLOAD]
         self.use_current_model()
+        self.use_current_calibration()
         added = []
         for number, (name, data) in enumerate(files, start=1):
             self.busy.value = f"<span class='smilekit-note'>Checking photo {number} of {len(files)}…</span>"
@@ -373,6 +375,23 @@ class SmileApp:
         self.predictor = predictor
         self.camera_view.set_predictor(predictor)
         self.upload.disabled = self.camera_toggle.disabled = False
+        return True
+
+    def use_current_calibration(self) -> bool:
+        """Label with the newest calibration stored for the model in use (fitted on this deployment's verdicts by
+        ``smilekit retrain``, see :mod:`smilekit.calibration`); True if it changed. A database that does not
+        answer leaves the labels as they were."""
+        if self.predictor is None or self.store is None:
+            return False
+        try:
+            newest = self.store.calibration_for(self.predictor.meta["version"])
+        except SQLAlchemyError:
+            log.warning("could not read the calibration; keeping %s", self.predictor.version, exc_info=True)
+            return False
+        if newest == self.predictor.calibration:
+            return False
+        self.predictor.calibrate(newest)
+        log.info("model %s now labels this session's photos", self.predictor.version)
         return True
 
     def set_camera(self, on: bool) -> None:

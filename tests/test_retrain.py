@@ -145,7 +145,8 @@ def test_retrain_command_takes_the_forgetting_settings(flags, expected, monkeypa
     from smilekit import cli
 
     seen = []
-    empty = {"candidate": None, "promoted": False, "before": {}, "after": {}, "feedback": 0}
+    empty = {"candidate": None, "promoted": False, "before": {}, "after": {}, "feedback": 0,
+             "calibration": {"verdicts": 0, "kept": False, "id": None, "slope": None, "offset": None, "scores": {}}}
     monkeypatch.setattr(retrain, "retrain", lambda config, **kwargs: seen.append(config) or empty)
     assert cli.main(["retrain", "--quiet", *flags]) == 0
     assert {key: getattr(seen[0], key) for key in expected} == expected
@@ -185,7 +186,7 @@ def test_retrain_command_fine_tunes_on_feedback_compares_and_promotes(shared_dat
                      str(models), "--work-dir", str(work), "--epochs", "1", "--limit", "24", "--max-drop", "1", "--promote", "--quiet"])
     lines = capsys.readouterr().out.strip().splitlines()
     result = json.loads(lines[-1])
-    assert code == 0 and set(result) == {"candidate", "promoted", "before", "after", "feedback"}
+    assert code == 0 and set(result) == {"candidate", "promoted", "before", "after", "feedback", "calibration"}
     assert result["feedback"] == 12  # the two verdicts stored without a crop are not learned from
     candidate = Path(result["candidate"])
     assert candidate.parent == work and candidate.is_file()
@@ -221,7 +222,9 @@ def test_retrain_without_consented_feedback_trains_nothing(shared_data, smilesmi
     code = cli.main(["retrain", "--db", url, "--data-root", str(shared_data), "--work-dir", str(tmp_path / "work"), "--promote"])
     out = capsys.readouterr().out.strip().splitlines()
     assert code == 0 and "nothing to learn from" in out[-2]
-    assert json.loads(out[-1]) == {"candidate": None, "promoted": False, "before": {}, "after": {}, "feedback": 0}
+    assert json.loads(out[-1]) == {"candidate": None, "promoted": False, "before": {}, "after": {}, "feedback": 0,
+                                   "calibration": {"verdicts": 0, "kept": False, "id": None, "slope": None, "offset": None,
+                                                   "scores": {}}}  # its verdicts are on another model's answers
     assert not (tmp_path / "work").exists()
 
 
