@@ -145,3 +145,20 @@ def test_faces_of_40_to_100_px_in_a_1200_px_photo_are_found(celeba_dir, bench):
     found = [b.scaled(factor) for b in boxes]
     missed = [face for face in truth if not near(found, face)]
     assert missed == [] and len(found) == len(truth), (missed, found)
+
+
+@pytest.mark.parametrize("degrees", [0, 10, 15])
+def test_a_small_face_is_cut_from_the_detail_copy_exactly_as_from_the_whole_photo(celeba_dir, degrees):
+    """Small faces in large photos are cut from a region of the full-size copy: it must hold everything the crop
+    and the eye finder read, level or tilted, or the crop differs from the one the photo itself gives."""
+    for n in (1, 4, 9):
+        photo = Image.open(celeba_dir / f"img/{n}.jpg").convert("L")
+        face = photo.resize((photo.width // 2, photo.height // 2)).rotate(degrees, resample=Image.BICUBIC, expand=True, fillcolor=120)
+        canvas = Image.new("L", (2400, 1800), 120)
+        canvas.paste(face, (1000, 700))
+        reduced = canvas.resize((640, 480), Image.BILINEAR)
+        box = max(faces.detect_faces(reduced, np.asarray(canvas), canvas.width), key=lambda b: b.w)
+        assert box.w * faces.CROP_SCALE * faces.CONTEXT < 64 * faces.CONTEXT, "small enough to be cut from the detail copy"
+        via_region = faces.face_crop(reduced, np.asarray(canvas), box, 64)
+        whole = faces.model_crop(canvas, box.scaled(canvas.width / reduced.width), 64)
+        assert np.array_equal(np.asarray(via_region), np.asarray(whole)), (n, degrees)
