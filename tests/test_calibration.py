@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import new_pg_database
 from smilekit import calibration, metrics, retrain
 from smilekit.calibration import Calibration
 from smilekit.feedback import FeedbackStore
@@ -25,6 +26,16 @@ def shifted_collection(n: int, slope: float, offset: float, seed: int = 0) -> tu
 @pytest.fixture
 def store(tmp_path):
     s = FeedbackStore(f"sqlite:///{tmp_path / 'feedback.db'}")
+    yield s
+    s.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request, tmp_path):
+    """A new feedback database on SQLite, then on PostgreSQL (where ``offset`` is a reserved word)."""
+    url = (f"sqlite:///{tmp_path / 'feedback.db'}" if request.param == "sqlite"
+           else new_pg_database(request.getfixturevalue("postgres_server")))
+    s = FeedbackStore(url)
     yield s
     s.close()
 
@@ -72,7 +83,8 @@ def _record(store, version: str, probs, labels, session: str = "s") -> None:
                      probability=float(p), model_version=version, correct=(p >= 0.5) == bool(label))
 
 
-def test_verdicts_given_on_calibrated_answers_are_read_as_the_model_s_own(store):
+def test_verdicts_given_on_calibrated_answers_are_read_as_the_model_s_own(any_store):
+    store = any_store
     cal_id = store.save_calibration("m1", Calibration(0.5, 1.0), 10, {"accuracy_before": 0.7, "accuracy_after": 0.8})
     in_force = store.calibration_for("m1")
     assert in_force == Calibration(0.5, 1.0, cal_id) and store.calibration_for("m2") is None
@@ -86,7 +98,8 @@ def test_verdicts_given_on_calibrated_answers_are_read_as_the_model_s_own(store)
     assert list(labels) == [0, 1] and [r["session_id"] for r in rows] == ["s0", "t0"]
 
 
-def test_retrain_stores_the_calibration_only_when_asked_and_leaves_out_disagreeing_sessions(store):
+def test_retrain_stores_the_calibration_only_when_asked_and_leaves_out_disagreeing_sessions(any_store):
+    store = any_store
     probs, labels = shifted_collection(300, 0.7, 1.6, seed=4)
     _record(store, "m1", probs, labels)
     sure = np.full(30, 0.97)
