@@ -241,7 +241,9 @@ class FeedbackStore:
             if not (read_only and _is_read_only(err) and Verdict.__tablename__ in inspect(self.engine).get_table_names()):
                 raise
             log.warning("the feedback database %s cannot be upgraded (read-only); reading it as it is", self.url)
-        self.summarised = VerdictCount.__tablename__ in inspect(self.engine).get_table_names()
+        tables = inspect(self.engine).get_table_names()
+        self.summarised = VerdictCount.__tablename__ in tables
+        self.calibrates = CalibrationRow.__tablename__ in tables  # not in a read-only database from before calibration
         # a read-only database from before verdicts had a source is read as all uploads
         self.has_source = "source" in {c["name"] for c in inspect(self.engine).get_columns(Verdict.__tablename__)}
 
@@ -476,7 +478,8 @@ class FeedbackStore:
                 .where((Verdict.model_version == model_version) | Verdict.model_version.startswith(prefix, autoescape=True))
                 .order_by(Verdict.id)).all()
             used = {row.id: calibration.Calibration(row.slope, row.offset, row.id)
-                    for row in session.execute(select(CalibrationRow).where(CalibrationRow.model_version == model_version)).scalars()}
+                    for row in session.execute(select(CalibrationRow).where(CalibrationRow.model_version == model_version)).scalars()
+                    } if self.calibrates else {}
         probs, labels, rows = [], [], []
         for served, probability, truth, session_id, verdict, predicted in found:
             cal_id = calibration.split_version(served)[1]
@@ -498,6 +501,8 @@ class FeedbackStore:
 
     def calibration_for(self, model_version: str) -> "calibration.Calibration | None":
         """The calibration in force for ``model_version`` (the newest stored), else None."""
+        if not self.calibrates:
+            return None
         with Session(self.engine) as session:
             row = session.execute(select(CalibrationRow).where(CalibrationRow.model_version == model_version)
                                   .order_by(CalibrationRow.id.desc()).limit(1)).scalar_one_or_none()
