@@ -143,7 +143,7 @@ def shutter_delay(page, timeout_s: float = 20.0) -> tuple[float, float]:
     """Arm the shutter while the not-smiling face plays; seconds from the smile's start to the shutter firing
     and to the picture shown."""
     deadline = time.monotonic() + timeout_s
-    while trace(page, page_now(page) - 100)[-1:] and trace(page, page_now(page) - 100)[-1]["smiling"]:
+    while not [s for s in trace(page, page_now(page) - 100)[-1:] if not s["smiling"]]:  # the recorder's newest sample
         if time.monotonic() > deadline:
             raise RuntimeError("the not-smiling stretch never came")
         time.sleep(0.05)
