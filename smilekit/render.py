@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from . import faces
+from .calibration import split_version
 
 #: the boxed photo is shown at most (at least) this many pixels on its long side
 DISPLAY_MAX_SIDE = 900
@@ -227,6 +228,8 @@ def metrics_html(stats: dict, model_version: str | None, last: int = 100) -> str
     )
     (tn, fp), (fn, tp) = stats["confusion"]
     model = f" · model in use: <code>{html.escape(model_version)}</code>" if model_version else ""
+    if model_version and split_version(model_version)[1] is not None:
+        model += " (fitted to this app's photos from your feedback)"
     return (
         "<h3 style='margin:4px 0'>How the model is doing</h3>"
         f"<div>Feedback given: <b>{stats['count']}</b> · agreement: <b>{_pct(stats['agreement'])}</b>"

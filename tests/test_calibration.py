@@ -129,6 +129,7 @@ def test_the_app_labels_with_the_calibration_in_force_and_files_verdicts_under_i
     app.give_feedback(second, 0, correct=True)
     assert store.rows()[-1]["model_version"] == app.predictor.version
     assert app.predictor.version in store.stats()["per_version"]  # the panel shows the calibrated model apart
+    assert f"{app.predictor.version}</code> (fitted to this app's photos from your feedback)" in app.metrics.value
 
 
 def test_retrain_calibrate_only_lifts_accuracy_on_faces_nobody_clicked(smilesmiled_dir, model_path, tmp_path, capsys):
