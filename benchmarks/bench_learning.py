@@ -119,14 +119,18 @@ def other_changes(data: Path, collection: str, split: str, limit, base: Path):
     return of_candidate, of_calibration
 
 
+def as_calibration(fitted: dict) -> Calibration:
+    """The calibration a ``retrain.calibrate`` result describes; no change if it refused one."""
+    return Calibration(fitted["slope"], fitted["offset"]) if fitted["kept"] else Calibration()
+
+
 def calibrated_on(url: str, base: Predictor) -> Calibration:
-    """The calibration ``retrain`` fits on the verdicts in ``url`` (not stored); no change if it refuses one."""
+    """The calibration ``retrain`` fits on the verdicts in ``url`` (not stored)."""
     store = FeedbackStore(url)
     try:
-        fitted = retrain.calibrate(store, base.meta["version"], base.threshold, save=False)
+        return as_calibration(retrain.calibrate(store, base.meta["version"], base.threshold, save=False))
     finally:
         store.close()
-    return Calibration(fitted["slope"], fitted["offset"]) if fitted["kept"] else Calibration()
 
 
 def mixed_runs(args, base: Predictor, pool, pool_probs, pool_crops, own: tuple, tmp: str) -> list[dict]:
@@ -205,8 +209,8 @@ def main() -> None:
     before = metrics.accuracy(labels, base_probs, base.threshold)
     pool_probs, pool_crops = score(base, pool)
     # settings are chosen on val: the other datasets' val splits too (the promotion rule reads their test splits)
-    others_on_val, _ = other_changes(args.data, args.collection, "val", args.limit, args.base) if args.split == "val" else (None, None)
-    _, calibration_on_others = other_changes(args.data, args.collection, args.split, args.limit, args.base)
+    others_of_candidate, calibration_on_others = other_changes(args.data, args.collection, args.split, args.limit, args.base)
+    others_on_val = others_of_candidate if args.split == "val" else None
     print(f"{args.collection} {args.split} split, {len(scored)} faces: accuracy {before:.4f} with {base.version} "
           f"(trained on {', '.join(datasets)})", flush=True)
     results = []
@@ -230,7 +234,7 @@ def main() -> None:
                                                    work_dir=str(Path(tmp) / f"work-{name}"), fine_tune=not args.calibrate_only)
                     outcome = retrain.retrain(config, progress=False, say=lambda line: None)
                     fitted = outcome["calibration"]
-                    calibrated = Calibration(fitted["slope"], fitted["offset"]) if fitted["kept"] else Calibration()
+                    calibrated = as_calibration(fitted)
                     calibrated_acc = metrics.accuracy(labels, calibrated.apply(base_probs), base.threshold)
                     if outcome["candidate"]:
                         candidate = Predictor(outcome["candidate"])  # the app cuts the same crops whatever the model

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .metrics import accuracy
+
 #: fewer verdicts than this are not enough to fit a calibration
 MIN_VERDICTS = 50
 #: folds of the cross-validation that decides whether a calibration is kept
@@ -102,7 +104,7 @@ def cross_validated(probabilities, labels, threshold: float, folds: int = FOLDS,
         q = np.clip(q, 1e-7, 1 - 1e-7)
         return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
 
-    return {"accuracy_before": float(np.mean((p >= threshold) == y)), "accuracy_after": float(np.mean((calibrated >= threshold) == y)),
+    return {"accuracy_before": accuracy(y, p, threshold), "accuracy_after": accuracy(y, calibrated, threshold),
             "log_loss_before": loss(p), "log_loss_after": loss(calibrated)}
 
 

@@ -168,6 +168,9 @@ class CalibrationRow(Base):
     accuracy_before: Mapped[float] = mapped_column(Float)  # cross-validated on the verdicts, without and with it
     accuracy_after: Mapped[float] = mapped_column(Float)
 
+    def as_calibration(self) -> calibration.Calibration:
+        return calibration.Calibration(self.slope, self.offset, self.id)
+
 
 COLUMNS = ("id", "created_at", "updated_at", "session_id", "photo_sha256", "face_index", "box", "predicted_smiling",
            "probability", "model_version", "verdict", "true_smiling", "crop_png", "source")
@@ -477,8 +480,7 @@ class FeedbackStore:
                        Verdict.verdict, Verdict.predicted_smiling)
                 .where((Verdict.model_version == model_version) | Verdict.model_version.startswith(prefix, autoescape=True))
                 .order_by(Verdict.id)).all()
-            used = {row.id: calibration.Calibration(row.slope, row.offset, row.id)
-                    for row in session.execute(select(CalibrationRow).where(CalibrationRow.model_version == model_version)).scalars()
+            used = {row.id: row.as_calibration() for row in session.execute(select(CalibrationRow).where(CalibrationRow.model_version == model_version)).scalars()
                     } if self.calibrates else {}
         probs, labels, rows = [], [], []
         for served, probability, truth, session_id, verdict, predicted in found:
@@ -506,7 +508,7 @@ class FeedbackStore:
         with Session(self.engine) as session:
             row = session.execute(select(CalibrationRow).where(CalibrationRow.model_version == model_version)
                                   .order_by(CalibrationRow.id.desc()).limit(1)).scalar_one_or_none()
-        return None if row is None else calibration.Calibration(row.slope, row.offset, row.id)
+        return None if row is None else row.as_calibration()
 
     def close(self) -> None:
         self.engine.dispose()

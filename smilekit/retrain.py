@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -156,8 +156,7 @@ def calibrate(store: FeedbackStore, model_version: str, threshold: float, save: 
            "scores": scores, "reason": reason}
     if fitted is not None and save:
         out["id"] = store.save_calibration(model_version, fitted, out["verdicts"], scores)
-        in_force = calibration.Calibration(fitted.slope, fitted.offset, out["id"])
-        out["reason"] += f"; in force as {in_force.served_version(model_version)}"
+        out["reason"] += f"; in force as {replace(fitted, id=out['id']).served_version(model_version)}"
     elif fitted is not None:
         out["reason"] += "; not stored (promotion not asked for)"
     return out
