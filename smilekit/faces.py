@@ -20,17 +20,20 @@ photos, CelebA training photos and SMILEsmileD crops all look alike.
 Group photos: the chain above runs on a copy reduced to :data:`DETECT_MAX_SIDE` and stops at the first
 detector that finds anything, which suits one large face. Photos whose long side is above
 :data:`GROUP_SEARCH_MIN_SIDE` are also searched for every face down to :data:`GROUP_MIN_FACE` pixels at their
-full resolution (``detail``, a greyscale copy up to 3,072 px, see :func:`smilekit.images.load_photo`): dlib
-HOG on the finest level for faces of about 70 px and more there, then Haar (frontal, alt2, and on the finest
-level the profile cascade both ways) on overlapping tiles, one octave of face sizes per level of a halving
-pyramid (tiles keep OpenCV's working memory small: Haar on a whole 2,667 x 2,000 photo took ~290 MB), each new
-face confirmed by dlib HOG or the alt2 cascade on a close-up of it (Haar alone puts several false boxes on
-textured 12 MP backgrounds). The chain's other boxes (larger faces) are confirmed and added; single-face
-photos keep the chain's box. Smaller photos above DETECT_MAX_SIDE (a 1,200 x 900 group photo as phones
-share it) get the same cascades and close-ups after the chain, with the chain's faces in place of HOG's; there
-the chain's boxes other than the largest also need a close-up's confirmation (unconfirmed, 13 of 2,000 CelebA
-train photos got a second box on a neck, lettering or background; 11 are refused). dlib HOG and the
-close-ups run on as many threads as OpenCV uses. Measured with ``benchmarks/bench_groups.py``.
+full resolution (``detail``, a greyscale copy up to 3,072 px, see :func:`smilekit.images.load_photo`):
+CenterFace, a small CNN (:mod:`smilekit.centerface`), on overlapping tiles of a colour copy for faces of about
+90 px and more, then Haar (frontal, alt2, and the profile cascade both ways) on overlapping tiles of the finest
+level of a halving pyramid for the smaller faces, and on the coarse levels for faces larger than CenterFace's
+tiles hold (tiles keep OpenCV's working memory small: Haar on a whole 2,667 x 2,000 photo took ~290 MB). Each
+new Haar face is confirmed by dlib HOG, a second frontal cascade or the profile cascade on a close-up of it
+(Haar alone puts several false boxes on textured 12 MP backgrounds); CenterFace's faces are placed by the
+close-up where it sees them and kept as they are where it does not (faces behind sunglasses or hands). The
+chain's other boxes (larger faces) are confirmed and added; single-face photos keep the chain's box. Smaller
+photos above DETECT_MAX_SIDE (a 1,200 x 900 group photo as phones share it) get the same cascades (the
+profile cascade on two levels) and close-ups after the chain, with the chain's faces in place of CenterFace's;
+there the chain's boxes other than the largest also need a close-up's confirmation (unconfirmed, 13 of 2,000
+CelebA train photos got a second box on a neck, lettering or background; 11 are refused). The close-ups run on
+as many threads as OpenCV uses. Measured with ``benchmarks/bench_groups.py``.
 """
 from __future__ import annotations
 
@@ -272,13 +275,21 @@ GROUP_FINE_CASCADE = ("profileface", 2, 1.2)
 #: HOG's window on the finest level (val scenes, faces 100 px wide, with the profile confirmation: 95.8 -> 98.2 %
 #: found; 40, 60 and 200 px unchanged; 0.1 to 0.6 CPU-s more a 12 MP photo)
 GROUP_FINE_LEVELS = 2
-#: dlib HOG on the finest level finds faces of about 70 to HOG_TILE_OVERLAP pixels there, which Haar misses more
-#: often (caps, hands, turned heads): on 6 scenes each, Haar's candidates covered 160 of 165 faces 100 px wide
-#: and 150 of 155 at 200 px, with HOG 164 and 155. Larger faces are left to the coarser levels. It runs on
-#: tiles of HOG_TILE plus HOG_TILE_OVERLAP: on a whole 2,667 x 2,000 level dlib kept ~40 MB; on 512-pixel
-#: tiles it took 5 times as long (each tile is searched with its overlap)
-HOG_TILE = 1024
-HOG_TILE_OVERLAP = 264
+#: in photos over GROUP_SEARCH_MIN_SIDE, CenterFace (:mod:`smilekit.centerface`) looks for faces of at least
+#: CENTERFACE_MIN_FACE pixels (full size) on a colour copy where they are CENTERFACE_FACE pixels wide, in place
+#: of dlib HOG on the pyramid's finest level and of the cascades on the levels it covers: it finds faces behind
+#: sunglasses, hands and hair and turned heads, which HOG and the cascades did not propose. On 4 val scenes each,
+#: at threshold 0.3 it found faces 100 px wide 98.2 % at 33 px (0.3 s) and 90 % at 25 px; 60 px faces at 20 px,
+#: 77 % (those are left to the cascades on the finest level)
+CENTERFACE_MIN_FACE = 90
+CENTERFACE_FACE = 30
+CENTERFACE_THRESHOLD = 0.3
+#: ... on tiles of CENTERFACE_TILE plus CENTERFACE_OVERLAP pixels (faces up to the overlap there; larger ones are
+#: the Haar pyramid's): on a whole 1,344 x 1,024 copy OpenCV's network took 314 MB
+CENTERFACE_TILE = 512
+CENTERFACE_OVERLAP = 96
+#: CenterFace box -> Haar box: size ratio, measured on 356 CelebA train photos (centres agree within 0.013 sides)
+CENTERFACE_TO_HAAR_SIZE = 1.20
 
 
 def _group_cascade(name: str) -> cv2.CascadeClassifier:
@@ -292,7 +303,7 @@ def _group_cascade(name: str) -> cv2.CascadeClassifier:
 
 def _tiles(gray: np.ndarray, overlap: int, step: int = GROUP_TILE):
     """(left, top, tile) of tiles of ``gray``, ``step`` pixels apart, that overlap by ``overlap`` pixels."""
-    height, width = gray.shape
+    height, width = gray.shape[:2]
     for top in range(0, max(1, height - overlap), step):
         for left in range(0, max(1, width - overlap), step):
             yield left, top, np.ascontiguousarray(gray[top : top + step + overlap, left : left + step + overlap])
@@ -314,13 +325,32 @@ def _tiled_haar(gray: np.ndarray, max_side: int | None, cascade: cv2.CascadeClas
     return boxes
 
 
-def _tiled_hog(gray: np.ndarray) -> list[Box]:
-    """dlib HOG boxes (in the Haar frame) of up to HOG_TILE_OVERLAP pixels on overlapping tiles of ``gray``."""
-    def search(tile):
-        left, top, pixels = tile
-        return [Box(b.x + left, b.y + top, b.w, b.h) for b in _hog_boxes(pixels, upsample=0)]
+def _grid(length: int, overlap: int, most: int) -> tuple[int, int]:
+    """(count, step) of the fewest tiles of at most ``most`` plus ``overlap`` pixels that cover ``length``."""
+    count = max(1, -(-(length - overlap) // most))
+    return count, -(-(length - overlap) // count)
 
-    return [box for boxes in _in_parallel(search, list(_tiles(gray, HOG_TILE_OVERLAP, HOG_TILE))) for box in boxes]
+
+def _tiled_centerface(colour: np.ndarray) -> list[Box]:
+    """CenterFace's faces (in the Haar frame) of up to CENTERFACE_OVERLAP pixels on overlapping tiles of an RGB
+    array: the fewest tiles of up to CENTERFACE_TILE plus the overlap that cover it, all of one size (OpenCV
+    prepares its network again for each new size)."""
+    from . import centerface
+
+    height, width = colour.shape[:2]
+    (rows, down), (cols, across) = _grid(height, CENTERFACE_OVERLAP, CENTERFACE_TILE), _grid(width, CENTERFACE_OVERLAP, CENTERFACE_TILE)
+    tile_h, tile_w = min(height, down + CENTERFACE_OVERLAP), min(width, across + CENTERFACE_OVERLAP)
+    detector = centerface.Detector()  # for this photo only: the network keeps ~100 MB of buffers while it lives
+    boxes = []
+    for top in (min(r * down, height - tile_h) for r in range(rows)):
+        for left in (min(c * across, width - tile_w) for c in range(cols)):
+            tile = np.ascontiguousarray(colour[top : top + tile_h, left : left + tile_w])
+            for cx, cy, w, h, _ in detector(tile, CENTERFACE_THRESHOLD):
+                if w > CENTERFACE_OVERLAP:  # larger faces are seen whole by no tile: the Haar pyramid's
+                    continue
+                haar = w * CENTERFACE_TO_HAAR_SIZE
+                boxes.append(Box(int(round(left + cx - haar / 2)), int(round(top + cy - haar / 2)), int(haar), int(haar)))
+    return _remove_overlaps(boxes)
 
 
 def _fits_one_tile(level: np.ndarray) -> bool:
@@ -346,7 +376,8 @@ def _without(gray: np.ndarray, boxes: list[Box], margin: float = 0.15) -> np.nda
     return out
 
 
-def _haar_candidates(levels: list[tuple[np.ndarray, float]], keep_cascades: bool = False) -> list[tuple[Box, int]]:
+def _haar_candidates(levels: list[tuple[np.ndarray, float]], keep_cascades: bool = False,
+                     fine_levels: int = GROUP_FINE_LEVELS) -> list[tuple[Box, int]]:
     """Haar faces on every level (the fine cascade on the GROUP_FINE_LEVELS finest only), in the pixels the
     levels were made from, each with its number of detections (the cascade's neighbours), not yet confirmed. The
     last level, which fits in one tile, is searched for faces of every size: the alt2 cascade there finds large
@@ -357,7 +388,7 @@ def _haar_candidates(levels: list[tuple[np.ndarray, float]], keep_cascades: bool
         fine_only = (name, neighbours, scale_factor) == GROUP_FINE_CASCADE
         # loaded for this photo only, one at a time: OpenCV keeps a cascade's working buffers while it lives
         cascade = _group_cascade(name) if keep_cascades else _load_cascade(name)
-        for level, scale in levels[:GROUP_FINE_LEVELS] if fine_only else levels:
+        for level, scale in levels[:fine_levels] if fine_only else levels:
             max_side = None if _fits_one_tile(level) else GROUP_LEVEL_MAX_FACE
             boxes += [(b.scaled(1 / scale), v) for b, v in _tiled_haar(level, max_side, cascade, neighbours, fine_only, scale_factor)]
         del cascade
@@ -430,26 +461,42 @@ def _profile_on(patch: np.ndarray) -> Box | None:
 GROUP_TRIES = 3
 
 
-def _group_faces(source: np.ndarray, min_face: float, found: list[Box] | None = None) -> list[Box]:
-    """Faces of at least ``min_face`` pixels anywhere in ``source``, confirmed, in its pixels; with ``found`` (faces
-    the one-face search found in a photo up to GROUP_SEARCH_MIN_SIDE) those instead of dlib HOG's.
+def _centerface_faces(image: Image.Image, source: np.ndarray, full_side: int) -> tuple[list[Box], float]:
+    """CenterFace's faces of at least CENTERFACE_MIN_FACE pixels (full size) in ``image`` (the photo, any mode),
+    placed by a close-up's confirming detector where one sees them, in ``source``'s pixels; and the largest face
+    it looks for there (Haar frame). Faces the close-ups refuse are kept as CenterFace puts them: they are the
+    covered and turned faces it is here for (no false box on 8 val photos without a face)."""
+    scale = min(1.0, CENTERFACE_FACE / CENTERFACE_MIN_FACE * full_side / max(image.size))
+    colour = _resized(np.asarray(image if image.mode == "RGB" else image.convert("RGB")), scale)
+    to_source = source.shape[1] / colour.shape[1]
+    found = [b.scaled(to_source) for b in _tiled_centerface(colour)]
+    placed = _in_parallel(lambda box: _confirmed(source, box), found)
+    return _remove_overlaps([p or b for p, b in zip(placed, found)]), CENTERFACE_OVERLAP * CENTERFACE_TO_HAAR_SIZE * to_source
 
-    The finest level shows ``min_face`` pixels as HAAR_WINDOW. dlib HOG's faces there come first; they are
-    then blanked out before the cascades search the pyramid, whose small windows would otherwise spend most
-    of their time inside them (measured on a scene of 30 faces 200 px wide: the profile cascade 3.4 -> 1.9
-    CPU-s). Overlapping Haar candidates are one face: tried most detections first (a lenient cascade also
-    puts boxes twice too large around a small face), and the confirming detector's box is kept.
+
+def _group_faces(source: np.ndarray, min_face: float, found: list[Box], largest_found: float | None = None) -> list[Box]:
+    """Faces of at least ``min_face`` pixels anywhere in ``source``, confirmed, in its pixels, besides ``found``
+    (faces found already: the one-face search's in photos up to GROUP_SEARCH_MIN_SIDE, else CenterFace's).
+
+    ``found`` is blanked out before the cascades search the pyramid (the finest level shows ``min_face`` pixels
+    as HAAR_WINDOW), whose small windows would otherwise spend most of their time inside them (measured on a
+    scene of 30 faces 200 px wide: the profile cascade 3.4 -> 1.9 CPU-s). ``largest_found``: CenterFace looked for
+    faces up to this size, so the levels between the finest and those of larger faces are left out, and the
+    profile cascade runs on the finest level only. Overlapping Haar candidates are one face: tried most
+    detections first (a lenient cascade also puts boxes twice too large around a small face), and the
+    confirming detector's box is kept.
     """
     scale = min(1.0, HAAR_WINDOW / min_face)
     finest = _resized(source, scale)
-    if found is None:
-        hog = _in_parallel(lambda box: _confirmed(source, box.scaled(1 / scale)), _tiled_hog(finest))
-        faces = [f for f in hog if f is not None]
-    else:
-        faces = list(found)
+    faces = list(found)
     levels = _pyramid(_without(finest, [f.scaled(scale) for f in faces]), scale)
+    fine_levels = GROUP_FINE_LEVELS
+    if largest_found is not None:
+        levels = [(level, s) for k, (level, s) in enumerate(levels)
+                  if k == 0 or GROUP_LEVEL_MAX_FACE / s > largest_found or _fits_one_tile(level)]
+        fine_levels = 1
     clusters: list[list[Box]] = []
-    for box, _ in sorted(_haar_candidates(levels, keep_cascades=found is not None), key=lambda c: -c[1]):
+    for box, _ in sorted(_haar_candidates(levels, largest_found is None, fine_levels), key=lambda c: -c[1]):
         if any(_overlaps(box, f) for f in faces):
             continue
         for cluster in clusters:
@@ -516,7 +563,8 @@ def detect_faces(image: Image.Image, detail: Image.Image | np.ndarray | None = N
             boxes = _group_faces(gray, GROUP_MIN_FACE * max(gray.shape) / (full_side or max(gray.shape)), boxes)
         return sorted(boxes, key=lambda b: (b.x, b.y))
     factor = source.shape[1] / gray.shape[1]
-    group = _group_faces(source, GROUP_MIN_FACE * min(1.0, max(source.shape) / (full_side or max(source.shape))))
+    full = full_side or max(source.shape)
+    group = _group_faces(source, GROUP_MIN_FACE * min(1.0, max(source.shape) / full), *_centerface_faces(image, source, full))
     boxes = _chain(gray, last_resort=False)
     chain = [b.scaled(factor) for b in boxes]
     if not group and not chain:  # the lenient last resorts look for one large face: only when nothing else is found

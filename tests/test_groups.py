@@ -20,9 +20,9 @@ def bench():
 
 
 def detect(data: bytes) -> tuple[list[faces.Box], float]:
-    """Boxes as the app finds them (working image + greyscale detail), in the photo's full-size pixels."""
+    """Boxes as the app finds them (colour working image + greyscale detail), in the photo's full-size pixels."""
     image = load_image(data)
-    boxes = faces.detect_faces(image.convert("L"), load_image(data, DETAIL_MAX_SIDE, mode="L"), max(image.info["full_size"]))
+    boxes = faces.detect_faces(image, load_image(data, DETAIL_MAX_SIDE, mode="L"), max(image.info["full_size"]))
     factor = image.info["full_size"][0] / image.width
     return boxes, factor
 
@@ -51,21 +51,23 @@ def test_every_face_of_40_to_200_px_in_a_12_mp_photo_is_found(celeba_dir, bench)
 
 
 #: CelebA-subset train photos whose face Haar's frontal cascades miss at that width (a turned head, a cap):
-#: found by the profile cascade (40 px) and by dlib HOG (200 px) in the group search
+#: found by the profile cascade (40 px) and by CenterFace (200 px) in the group search
 HARD_FACES = ((59, 200), (133, 40), (226, 40), (282, 40))
 
 
 def test_turned_and_capped_faces_in_a_12_mp_photo_are_found(celeba_dir, bench):
+    """Photo 59 holds a second person, half hidden at its edge: a box there is no false face (as in the benchmark)."""
     canvas = bench.background("gradient", np.random.default_rng(5))
-    truth = []
+    pasted = []
     for k, (n, width) in enumerate(HARD_FACES):
         photo = Image.open(celeba_dir / f"img/{n}.jpg").convert("RGB")
         box = faces.detect_faces(photo)[0]
-        truth.append(bench.paste(canvas, {"photo": photo, "box": box}, width, 600 + 700 * k, 900 + 300 * (k % 3))[0])
+        pasted.append(bench.paste(canvas, {"photo": photo, "box": box}, width, 600 + 700 * k, 900 + 300 * (k % 3)))
     boxes, factor = detect(bench.jpeg(canvas))
     found = [b.scaled(factor) for b in boxes]
-    missed = [face for face in truth if not near(found, face)]
-    assert missed == [] and len(found) == len(truth), (missed, found)
+    missed = [face for face, _ in pasted if not near(found, face)]
+    elsewhere = [b for b in found if not any(x <= b.x + b.w / 2 <= x + w and y <= b.y + b.h / 2 <= y + h for _, (x, y, w, h) in pasted)]
+    assert missed == [] and elsewhere == [], (missed, found)
 
 
 #: CelebA-subset train photos whose turned face, 100 px wide, only the profile cascade confirms on its close-up
