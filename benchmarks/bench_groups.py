@@ -15,7 +15,7 @@ Reports per face width: recall, false boxes per photo, accuracy of the smiling a
 then false boxes on photos with no face and the time of a 1 MP one-face photo. Time is wall time and the
 process's CPU time (all threads): on a machine shared with other work the CPU time is the steadier figure.
 
-    .venv/bin/python benchmarks/bench_groups.py [--root CHECKOUT] [--scenes 2] [--faces 30] [--empty 4] [--split test] [--sources N]
+    .venv/bin/python benchmarks/bench_groups.py [--root CHECKOUT] [--scenes 2] [--faces 30] [--empty 4] [--split test] [--sources N] [--misses DIR]
     .venv/bin/python benchmarks/bench_groups.py --photo-size 1200 900 --sizes 40 60 100 --faces 12   # small group photos
 
 ``--root`` imports ``smilekit`` from another checkout (e.g. a ``git worktree`` of an older commit).
@@ -157,7 +157,7 @@ def match(found, truth, factor: float):
     Returns the (found face, source) pairs, the number of false boxes, and the number of other boxes centred
     in a pasted photo but off its face: the source photos hold other people too (a partial face at the
     edge of a CelebA photo is found when it is pasted large), so those are not counted as false."""
-    used, pairs = set(), []
+    used, pairs, missed = set(), [], []
     for box, src, _ in truth:
         tx, ty, tw = box
         best = None
@@ -171,13 +171,25 @@ def match(found, truth, factor: float):
         if best:
             used.add(best[1])
             pairs.append((found[best[1]], src))
+        else:
+            missed.append(box)
     others = 0
     for i, face in enumerate(found):
         b = face.box.scaled(factor)
         cx, cy = b.x + b.w / 2, b.y + b.h / 2
         if i not in used and any(x <= cx <= x + w and y <= cy <= y + h for _, _, (x, y, w, h) in truth):
             others += 1
-    return pairs, len(found) - len(used) - others, others
+    return pairs, len(found) - len(used) - others, others, missed
+
+
+def save_misses(folder: Path, data: bytes, missed, width: int, scene_no: int) -> None:
+    """Each missed face of a scene, with its surroundings, as a JPEG in ``folder`` (to see what is still lost)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    photo = Image.open(io.BytesIO(data))
+    for k, (x, y, w) in enumerate(missed):
+        photo.crop((int(x - w), int(y - w), int(x + 2 * w), int(y + 2 * w))).save(folder / f"{width}px-scene{scene_no}-{k}.jpg")
 
 
 def main(argv=None) -> int:
@@ -194,6 +206,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sources", type=int, help="at most this many CelebA photos (and half as many MTFL) (default: all)")
     parser.add_argument("--split", choices=("val", "test"), default="test",
                         help="the photos the faces come from (val to choose the detector's settings)")
+    parser.add_argument("--misses", type=Path, help="save each missed face, with its surroundings, as a JPEG here")
     args = parser.parse_args(argv)
     size = tuple(args.photo_size)
     sys.path.insert(0, str(args.root.resolve()))
@@ -223,7 +236,9 @@ def main(argv=None) -> int:
             result = predictor.predict(data)
             times.append(time.perf_counter() - start)
             cpu.append(time.process_time() - start_cpu)
-            pairs, extra, elsewhere = match(result.faces, truth, size[0] / result.image.width)
+            pairs, extra, elsewhere, missed = match(result.faces, truth, size[0] / result.image.width)
+            if args.misses:
+                save_misses(args.misses, data, missed, width, k)
             n, found, false, others = n + len(truth), found + len(pairs), false + extra, others + elsewhere
             right += sum(f.smiling == bool(s["smiling"]) for f, s in pairs)
             right_single += sum(s["single"] == bool(s["smiling"]) for _, s in pairs)

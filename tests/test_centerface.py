@@ -55,3 +55,13 @@ def test_the_tiles_cover_every_pixel_with_their_overlap(length):
     starts = [min(k * step, length - tile) for k in range(count)]
     assert step <= most and starts[0] == 0 and starts[-1] + tile == length
     assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
+
+
+def test_an_input_of_another_size_gets_the_answer_a_fresh_network_gives(celeba_dir):
+    """OpenCV's network answers wrongly for a second input size; the detector reads it again for each new size."""
+    photo = np.asarray(Image.open(celeba_dir / "img/0.jpg").convert("RGB"))
+    small = np.ascontiguousarray(photo[::2, ::2])
+    used = centerface.Detector()
+    used(photo, 0.05)
+    assert used(small, 0.05) == centerface.Detector()(small, 0.05)
+    assert used(photo, 0.05) == centerface.Detector()(photo, 0.05)
