@@ -275,6 +275,9 @@ GROUP_FINE_CASCADE = ("profileface", 2, 1.2)
 #: HOG's window on the finest level (val scenes, faces 100 px wide, with the profile confirmation: 95.8 -> 98.2 %
 #: found; 40, 60 and 200 px unchanged; 0.1 to 0.6 CPU-s more a 12 MP photo)
 GROUP_FINE_LEVELS = 2
+#: ... and on the finest only where CenterFace looks for the larger faces: left out there too, on 4 val scenes
+#: each, faces 40 px wide were found 97.3 -> 95.6 % for about 0.5 s less a 12 MP photo (60 to 200 px unchanged)
+GROUP_FINE_LEVELS_WITH_CENTERFACE = 1
 #: in photos over GROUP_SEARCH_MIN_SIDE, CenterFace (:mod:`smilekit.centerface`) looks for faces of at least
 #: CENTERFACE_MIN_FACE pixels (full size) on a colour copy where they are CENTERFACE_FACE pixels wide, in place
 #: of dlib HOG on the pyramid's finest level and of the cascades on the levels it covers: it finds faces behind
@@ -522,7 +525,7 @@ def _group_faces(source: np.ndarray, min_face: float, found: list[Box], largest_
     if largest_found is not None:
         levels = [(level, s) for k, (level, s) in enumerate(levels)
                   if k == 0 or GROUP_LEVEL_MAX_FACE / s > largest_found or _fits_one_tile(level)]
-        fine_levels = 1
+        fine_levels = GROUP_FINE_LEVELS_WITH_CENTERFACE
     clusters: list[list[Box]] = []
     for box, _ in sorted(_haar_candidates(levels, largest_found is None, fine_levels), key=lambda c: -c[1]):
         if any(_overlaps(box, f) for f in faces):
