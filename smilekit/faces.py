@@ -269,11 +269,11 @@ GROUP_CASCADES = (("frontalface_default", 2, 1.1), ("frontalface_alt2", 2, 1.1))
 #: a coarser scale factor: on 6 scenes of 177 faces 40 px wide, default + alt2 had a candidate for 167, adding
 #: the profile cascade 172 at scale factor 1.1 and 170 at 1.2, which takes 0.6 times as long (1.25 and 1.3
 #: found as many on 8 scenes from val photos, for ~0.25 CPU-s less, but lost one of the turned faces of
-#: tests/test_groups.py). At 100 and 200 px, dlib HOG finds what it would (below) for less time
+#: tests/test_groups.py). Larger faces are left to the other cascades and, in large photos, to CenterFace
 GROUP_FINE_CASCADE = ("profileface", 2, 1.2)
-#: ... on this many of the finest levels: on the second, it proposes turned faces of 85 to 170 px, too small for
-#: HOG's window on the finest level (val scenes, faces 100 px wide, with the profile confirmation: 95.8 -> 98.2 %
-#: found; 40, 60 and 200 px unchanged; 0.1 to 0.6 CPU-s more a 12 MP photo)
+#: ... on this many of the finest levels (photos up to GROUP_SEARCH_MIN_SIDE): on the second, it proposes turned
+#: faces of 85 to 170 px (measured in 12 MP val scenes before CenterFace took that place there, faces 100 px
+#: wide, with the profile confirmation: 95.8 -> 98.2 % found; 40, 60 and 200 px unchanged)
 GROUP_FINE_LEVELS = 2
 #: ... and on the finest only where CenterFace looks for the larger faces: left out there too, on 4 val scenes
 #: each, faces 40 px wide were found 97.3 -> 95.6 % for about 0.5 s less a 12 MP photo (60 to 200 px unchanged)
