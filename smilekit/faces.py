@@ -47,6 +47,7 @@ import numpy as np
 from PIL import Image
 
 from . import align
+from .images import return_freed_memory
 
 #: model crop side as a fraction of the Haar box side
 CROP_SCALE = 0.77
@@ -295,8 +296,10 @@ CENTERFACE_THRESHOLD = 0.3
 CENTERFACE_PROPOSE = 0.05
 CENTERFACE_CLOSE_UP = 0.5
 #: ... on tiles of CENTERFACE_TILE plus CENTERFACE_OVERLAP pixels (faces up to the overlap there; larger ones are
-#: the Haar pyramid's): on a whole 1,344 x 1,024 copy OpenCV's network took 314 MB
-CENTERFACE_TILE = 512
+#: the Haar pyramid's): on a whole 1,344 x 1,024 copy OpenCV's network took 314 MB; tiles of 512 + 96 took 96 MB,
+#: more than decoding a 12 MP PNG; 320 + 96 65 MB, still more; 224 + 96 (30 tiles of a 1,333 x 1,000 copy) stay
+#: below it. An overlap of 64 lost faces of 200 px to the pyramid (val scenes: 97.2 % found against 98.1 %)
+CENTERFACE_TILE = 224
 CENTERFACE_OVERLAP = 96
 #: CenterFace box -> Haar box: size ratio, measured on 356 CelebA train photos (centres agree within 0.013 sides)
 CENTERFACE_TO_HAAR_SIZE = 1.20
@@ -476,15 +479,33 @@ def _profile_on(patch: np.ndarray) -> Box | None:
     return None
 
 
+class _CloseUpCenterFace:
+    """One CenterFace network for the close-ups, shared by the threads (one at a time: 10 ms a close-up) and
+    let go after each photo (:meth:`release`): kept for the kernel's life, each thread's network held ~30 MB."""
+
+    def __init__(self):
+        self._lock, self._detector = threading.Lock(), None
+
+    def __call__(self, patch: np.ndarray) -> list[tuple[float, float, float, float, float]]:
+        with self._lock:
+            if self._detector is None:
+                from .centerface import Detector
+
+                self._detector = Detector()
+            return self._detector(np.dstack([patch] * 3), CENTERFACE_CLOSE_UP)
+
+    def release(self) -> None:
+        with self._lock:
+            self._detector = None
+
+
+_close_up_centerface = _CloseUpCenterFace()
+
+
 def _centerface_on(patch: np.ndarray) -> Box | None:
     """CenterFace's face (score at least CENTERFACE_CLOSE_UP) at the centre of a close-up, if any."""
-    if not hasattr(_per_thread, "centerface"):
-        from .centerface import Detector
-
-        _per_thread.centerface = Detector()
     c = VERIFY_FACE_SIDE
-    found = [_centerface_box(x, y, w) for x, y, w, _, _ in _per_thread.centerface(np.dstack([patch] * 3), CENTERFACE_CLOSE_UP)]
-    return _near(found, c, c, c)
+    return _near([_centerface_box(x, y, w) for x, y, w, _, _ in _close_up_centerface(patch)], c, c, c)
 
 
 #: at most this many candidates of one face (overlapping boxes) are tried, most Haar detections first
@@ -499,6 +520,7 @@ def _centerface_faces(image: Image.Image, source: np.ndarray, full_side: int) ->
     scale = min(1.0, CENTERFACE_FACE / CENTERFACE_MIN_FACE * full_side / max(image.size))
     colour = _resized(np.asarray(image if image.mode == "RGB" else image.convert("RGB")), scale)
     to_source = source.shape[1] / colour.shape[1]
+    return_freed_memory()  # what decoding the photo freed, before the network's working buffers (~65 MB) come on top
     found = [(b.scaled(to_source), score) for b, score in _tiled_centerface(colour)]
     placed = _in_parallel(lambda box: _confirmed(source, box[0]), found)
     return _remove_overlaps([p or (b if score >= CENTERFACE_THRESHOLD else None) for p, (b, score) in zip(placed, found)
@@ -582,6 +604,13 @@ def detect_faces(image: Image.Image, detail: Image.Image | np.ndarray | None = N
     ``full_side``: the photo's long side at full size, if ``detail`` is reduced (GROUP_MIN_FACE is in
     full-size pixels).
     """
+    try:
+        return _detect_faces(image, detail, full_side)
+    finally:
+        _close_up_centerface.release()
+
+
+def _detect_faces(image: Image.Image, detail, full_side: int | None) -> list[Box]:
     gray = np.asarray(image if image.mode == "L" else image.convert("L"))
     if detail is None or isinstance(detail, np.ndarray):
         source = gray if detail is None else detail

@@ -14,8 +14,10 @@ buffer without a second full-size copy in Pillow.
 """
 from __future__ import annotations
 
+import ctypes
 import io
 import math
+import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -347,3 +349,14 @@ def _to_rgb(image: Image.Image, stretch=None) -> Image.Image:
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return image.convert("RGB")
+
+
+def return_freed_memory() -> None:
+    """Hand freed heap (decoded photos, a detector's working buffers) back to the system: glibc keeps it
+    otherwise, and the next photo's peak comes on top of it."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        pass

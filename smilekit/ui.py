@@ -9,7 +9,6 @@ page: the user gets a plain message, the traceback goes to the server's log.
 from __future__ import annotations
 
 import base64
-import ctypes
 import html
 import logging
 import sys
@@ -349,7 +348,7 @@ class SmileApp:
             except Exception:  # noqa: BLE001 - one bad photo must not stop the others
                 log.exception("could not process upload %r", name)
                 self.show_error(f"{name}: something went wrong while checking this photo. Please try another one.")
-            _return_freed_memory()  # the decoded photo is gone; give its memory back before the next one
+            images.return_freed_memory()  # the decoded photo is gone; give its memory back before the next one
         self.busy.value = ""
         self.refresh_metrics()  # other sessions' feedback since the last look
         return added
@@ -451,7 +450,7 @@ class SmileApp:
         photo.prediction = self.predictor.predict(photo.prediction.image, whole_image=True)
         self._render_photo(photo)
         photo.prediction = PhotoPrediction(None, photo.prediction.faces, photo.prediction.model_version)
-        _return_freed_memory()
+        images.return_freed_memory()
         return photo.cards[0].face
 
     def give_feedback(self, photo_idx: int, face_idx: int, correct: bool) -> int | None:
@@ -593,13 +592,3 @@ def _close_tree(widget: widgets.Widget) -> None:
 def _small_copy(image, side: int):
     """``image`` reduced to at most ``side`` pixels on its long side (a copy; the original may be freed)."""
     return image.resize(images.fitted_size(image.size, side), Image.BILINEAR) if max(image.size) > side else image.copy()
-
-
-def _return_freed_memory() -> None:
-    """Hand the decoded photos' freed heap back to the system (glibc keeps it otherwise)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (e.g. musl)
-        pass

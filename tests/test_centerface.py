@@ -65,3 +65,17 @@ def test_an_input_of_another_size_gets_the_answer_a_fresh_network_gives(celeba_d
     used(photo, 0.05)
     assert used(small, 0.05) == centerface.Detector()(small, 0.05)
     assert used(photo, 0.05) == centerface.Detector()(photo, 0.05)
+
+
+def test_a_close_up_is_confirmed_at_its_centre_only(celeba_dir):
+    """CenterFace confirms a close-up of a face behind sunglasses (photo 153) where its face is, not one of noise."""
+    photo = Image.open(celeba_dir / "img/153.jpg").convert("L")
+    box = faces.detect_faces(photo)[0]
+    side = 2 * faces.VERIFY_FACE_SIDE
+    cx, cy = box.x + box.w / 2, box.y + box.h / 2
+    crop = photo.crop((int(cx - box.w), int(cy - box.w), int(cx + box.w), int(cy + box.w))).resize((side, side))
+    found = faces._centerface_on(np.asarray(crop))
+    assert found is not None and abs(found.x + found.w / 2 - side / 2) < 0.2 * side
+    assert faces._centerface_on(np.asarray(crop)[:, ::-1][:, : side // 2].repeat(2, axis=1)) is None  # half a face, stretched
+    noise = np.random.default_rng(1).integers(0, 256, (side, side), dtype=np.uint8)
+    assert faces._centerface_on(noise) is None

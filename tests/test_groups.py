@@ -33,6 +33,12 @@ def near(found: list[faces.Box], face: tuple) -> list[faces.Box]:
     return [b for b in found if abs(b.x + b.w / 2 - x - width / 2) < 0.4 * width and abs(b.y + b.h / 2 - y - width / 2) < 0.4 * width]
 
 
+def outside(found: list[faces.Box], pasted: list[tuple]) -> list[faces.Box]:
+    """The boxes centred outside every pasted region (``bench.paste``'s (face, region) pairs): false faces. The
+    source photos hold other people too, half hidden at their edges, so a box there is no false face."""
+    return [b for b in found if not any(x <= b.x + b.w / 2 <= x + w and y <= b.y + b.h / 2 <= y + h for _, (x, y, w, h) in pasted)]
+
+
 def test_every_face_of_40_to_200_px_in_a_12_mp_photo_is_found(celeba_dir, bench):
     rng = np.random.default_rng(3)
     canvas = bench.background("gradient", rng)
@@ -56,7 +62,6 @@ HARD_FACES = ((59, 200), (133, 40), (226, 40), (282, 40))
 
 
 def test_turned_and_capped_faces_in_a_12_mp_photo_are_found(celeba_dir, bench):
-    """Photo 59 holds a second person, half hidden at its edge: a box there is no false face (as in the benchmark)."""
     canvas = bench.background("gradient", np.random.default_rng(5))
     pasted = []
     for k, (n, width) in enumerate(HARD_FACES):
@@ -66,8 +71,7 @@ def test_turned_and_capped_faces_in_a_12_mp_photo_are_found(celeba_dir, bench):
     boxes, factor = detect(bench.jpeg(canvas))
     found = [b.scaled(factor) for b in boxes]
     missed = [face for face, _ in pasted if not near(found, face)]
-    elsewhere = [b for b in found if not any(x <= b.x + b.w / 2 <= x + w and y <= b.y + b.h / 2 <= y + h for _, (x, y, w, h) in pasted)]
-    assert missed == [] and elsewhere == [], (missed, found)
+    assert missed == [] and outside(found, pasted) == [], (missed, found)
 
 
 #: CelebA-subset train photos whose turned face, 100 px wide, only the profile cascade confirms on its close-up
@@ -84,6 +88,23 @@ def test_turned_faces_100_px_wide_in_a_12_mp_photo_are_found(celeba_dir, bench):
     found = [b.scaled(factor) for b in boxes]
     missed = [face for face in truth if not near(found, face)]
     assert missed == [] and len(found) == len(truth), (missed, found)
+
+
+#: CelebA-subset train photos whose face, 100 px wide, no cascade nor dlib HOG found in a 12 MP photo: a cap,
+#: sunglasses (twice), hair across the face. CenterFace finds them
+COVERED_FACES = (136, 153, 166, 374)
+
+
+def test_covered_faces_100_px_wide_in_a_12_mp_photo_are_found(celeba_dir, bench):
+    canvas = bench.background("gradient", np.random.default_rng(9))
+    pasted = []
+    for k, n in enumerate(COVERED_FACES):
+        photo = Image.open(celeba_dir / f"img/{n}.jpg").convert("RGB")
+        pasted.append(bench.paste(canvas, {"photo": photo, "box": faces.detect_faces(photo)[0]}, 100, 500 + 750 * k, 1200 + 400 * (k % 2)))
+    boxes, factor = detect(bench.jpeg(canvas))
+    found = [b.scaled(factor) for b in boxes]
+    missed = [face for face, _ in pasted if not near(found, face)]
+    assert missed == [] and outside(found, pasted) == [], (missed, found)
 
 
 @pytest.mark.parametrize("kind", ["gradient", "noise", "stripes"])
