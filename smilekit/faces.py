@@ -594,7 +594,8 @@ def _overlaps(a: Box, b: Box) -> bool:
     return inside(a, b) or inside(b, a)
 
 
-def detect_faces(image: Image.Image, detail: Image.Image | np.ndarray | None = None, full_side: int | None = None) -> list[Box]:
+def detect_faces(image: Image.Image, detail: Image.Image | np.ndarray | None = None, full_side: int | None = None,
+                 gray: Image.Image | None = None) -> list[Box]:
     """Return every face box in ``image`` (any mode), left to right, in ``image``'s pixels.
 
     Tries Haar, Haar on a padded photo (faces touching the border), dlib HOG, then
@@ -602,16 +603,16 @@ def detect_faces(image: Image.Image, detail: Image.Image | np.ndarray | None = N
     GROUP_SEARCH_MIN_SIDE: unless a portrait) are also searched for smaller faces (see the module's notes), in
     ``detail`` when given: the same photo at a higher resolution (any mode, or a greyscale array).
     ``full_side``: the photo's long side at full size, if ``detail`` is reduced (GROUP_MIN_FACE is in
-    full-size pixels).
+    full-size pixels). ``gray``: ``image`` in greyscale, where the caller has it already.
     """
     try:
-        return _detect_faces(image, detail, full_side)
+        return _detect_faces(image, detail, full_side, gray)
     finally:
         _close_up_centerface.release()
 
 
-def _detect_faces(image: Image.Image, detail, full_side: int | None) -> list[Box]:
-    gray = np.asarray(image if image.mode == "L" else image.convert("L"))
+def _detect_faces(image: Image.Image, detail, full_side: int | None, gray: Image.Image | None) -> list[Box]:
+    gray = np.asarray(gray if gray is not None else image if image.mode == "L" else image.convert("L"))
     if detail is None or isinstance(detail, np.ndarray):
         source = gray if detail is None else detail
     else:

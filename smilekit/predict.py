@@ -119,7 +119,7 @@ class Predictor:
             image, detail = load_photo(source, detail_side=DETAIL_MAX_SIDE)
             gray = image.convert("L")
             detail = None if detail is None else np.asarray(detail)  # one copy of its pixels, not two
-            boxes, detected = faces.detect_faces(image, detail, max(image.info.get("full_size", image.size))), True
+            boxes, detected = faces.detect_faces(image, detail, max(image.info.get("full_size", image.size)), gray), True
         crops = [faces.face_crop(gray, detail, box, INPUT_SIZE) for box in boxes]
         del detail
         probs = self.predict_proba(crops) if crops else []

@@ -39,37 +39,36 @@ def outside(found: list[faces.Box], pasted: list[tuple]) -> list[faces.Box]:
     return [b for b in found if not any(x <= b.x + b.w / 2 <= x + w and y <= b.y + b.h / 2 <= y + h for _, (x, y, w, h) in pasted)]
 
 
-def test_every_face_of_40_to_200_px_in_a_12_mp_photo_is_found(celeba_dir, bench):
-    rng = np.random.default_rng(3)
-    canvas = bench.background("gradient", rng)
-    truth = []
-    for k, (n, width) in enumerate(GROUP):
+def pasted_scene(celeba_dir, bench, seed: int, placements) -> tuple[list[tuple], list[faces.Box]]:
+    """A 12 MP gradient scene (``seed``) with the face of CelebA-subset photo n pasted ``width`` px wide, centred
+    at (cx, cy), for each (n, width, cx, cy) of ``placements``: ``bench.paste``'s (face, region) pairs, and the
+    faces found in the scene's JPEG, in its pixels."""
+    canvas = bench.background("gradient", np.random.default_rng(seed))
+    pasted = []
+    for n, width, cx, cy in placements:
         photo = Image.open(celeba_dir / f"img/{n}.jpg").convert("RGB")
-        box = faces.detect_faces(photo)[0]
-        cx, cy = 400 + (k % 4) * 1000, 500 + (k // 4) * 1000  # faces near tile edges and far apart
-        truth.append(bench.paste(canvas, {"photo": photo, "box": box}, width, cx + 7 * k, cy - 5 * k)[0])
+        pasted.append(bench.paste(canvas, {"photo": photo, "box": faces.detect_faces(photo)[0]}, width, cx, cy))
     boxes, factor = detect(bench.jpeg(canvas))
-    found = [b.scaled(factor) for b in boxes]
-    for tx, ty, tw in truth:
-        close = near(found, (tx, ty, tw))
-        assert len(close) == 1 and 0.7 < close[0].w / tw < 1.4, (tw, close)
-    assert len(found) == len(truth)
+    return pasted, [b.scaled(factor) for b in boxes]
 
 
-#: CelebA-subset train photos whose face Haar's frontal cascades miss at that width (a turned head, a cap):
+def test_every_face_of_40_to_200_px_in_a_12_mp_photo_is_found(celeba_dir, bench):
+    # faces near tile edges and far apart
+    placements = [(n, width, 400 + (k % 4) * 1000 + 7 * k, 500 + (k // 4) * 1000 - 5 * k) for k, (n, width) in enumerate(GROUP)]
+    pasted, found = pasted_scene(celeba_dir, bench, 3, placements)
+    for face, _ in pasted:
+        close = near(found, face)
+        assert len(close) == 1 and 0.7 < close[0].w / face[2] < 1.4, (face, close)
+    assert len(found) == len(pasted)
+
+
 #: found by the profile cascade (40 px) and by CenterFace (200 px) in the group search
 HARD_FACES = ((59, 200), (133, 40), (226, 40), (282, 40))
 
 
 def test_turned_and_capped_faces_in_a_12_mp_photo_are_found(celeba_dir, bench):
-    canvas = bench.background("gradient", np.random.default_rng(5))
-    pasted = []
-    for k, (n, width) in enumerate(HARD_FACES):
-        photo = Image.open(celeba_dir / f"img/{n}.jpg").convert("RGB")
-        box = faces.detect_faces(photo)[0]
-        pasted.append(bench.paste(canvas, {"photo": photo, "box": box}, width, 600 + 700 * k, 900 + 300 * (k % 3)))
-    boxes, factor = detect(bench.jpeg(canvas))
-    found = [b.scaled(factor) for b in boxes]
+    placements = [(n, width, 600 + 700 * k, 900 + 300 * (k % 3)) for k, (n, width) in enumerate(HARD_FACES)]
+    pasted, found = pasted_scene(celeba_dir, bench, 5, placements)
     missed = [face for face, _ in pasted if not near(found, face)]
     assert missed == [] and outside(found, pasted) == [], (missed, found)
 
@@ -79,15 +78,9 @@ TURNED_FACES = (2, 35, 556, 756)
 
 
 def test_turned_faces_100_px_wide_in_a_12_mp_photo_are_found(celeba_dir, bench):
-    canvas = bench.background("gradient", np.random.default_rng(7))
-    truth = []
-    for k, n in enumerate(TURNED_FACES):
-        photo = Image.open(celeba_dir / f"img/{n}.jpg").convert("RGB")
-        truth.append(bench.paste(canvas, {"photo": photo, "box": faces.detect_faces(photo)[0]}, 100, 700 + 850 * k, 1500)[0])
-    boxes, factor = detect(bench.jpeg(canvas))
-    found = [b.scaled(factor) for b in boxes]
-    missed = [face for face in truth if not near(found, face)]
-    assert missed == [] and len(found) == len(truth), (missed, found)
+    pasted, found = pasted_scene(celeba_dir, bench, 7, [(n, 100, 700 + 850 * k, 1500) for k, n in enumerate(TURNED_FACES)])
+    missed = [face for face, _ in pasted if not near(found, face)]
+    assert missed == [] and len(found) == len(pasted), (missed, found)
 
 
 #: CelebA-subset train photos whose face, 100 px wide, no cascade nor dlib HOG found in a 12 MP photo: a cap,
@@ -96,13 +89,8 @@ COVERED_FACES = (136, 153, 166, 374)
 
 
 def test_covered_faces_100_px_wide_in_a_12_mp_photo_are_found(celeba_dir, bench):
-    canvas = bench.background("gradient", np.random.default_rng(9))
-    pasted = []
-    for k, n in enumerate(COVERED_FACES):
-        photo = Image.open(celeba_dir / f"img/{n}.jpg").convert("RGB")
-        pasted.append(bench.paste(canvas, {"photo": photo, "box": faces.detect_faces(photo)[0]}, 100, 500 + 750 * k, 1200 + 400 * (k % 2)))
-    boxes, factor = detect(bench.jpeg(canvas))
-    found = [b.scaled(factor) for b in boxes]
+    placements = [(n, 100, 500 + 750 * k, 1200 + 400 * (k % 2)) for k, n in enumerate(COVERED_FACES)]
+    pasted, found = pasted_scene(celeba_dir, bench, 9, placements)
     missed = [face for face, _ in pasted if not near(found, face)]
     assert missed == [] and outside(found, pasted) == [], (missed, found)
 
