@@ -254,8 +254,9 @@ def main(argv=None) -> int:
         times.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
         false.append(len(result.faces))
-    print(f"\nno-face {size[0]}x{size[1]} photos: {args.empty}, false boxes {sum(false)} ({sum(false) / max(1, args.empty):.2f} a photo: "
-          f"{false}), median time {statistics.median(times):.2f} s (CPU {statistics.median(cpu):.2f} s)")
+    if args.empty:
+        print(f"\nno-face {size[0]}x{size[1]} photos: {args.empty}, false boxes {sum(false)} ({sum(false) / args.empty:.2f} a photo: "
+              f"{false}), median time {statistics.median(times):.2f} s (CPU {statistics.median(cpu):.2f} s)")
     # one face in a 1 MP photo (1155 x 866): the common upload
     src = next(s for s in srcs if s["kind"] == "celeba")
     canvas = background("gradient", rng, (1155, 866))
