@@ -62,6 +62,7 @@ def test_every_face_of_40_to_200_px_in_a_12_mp_photo_is_found(celeba_dir, bench)
     assert len(found) == len(pasted)
 
 
+#: CelebA-subset train photos whose face Haar's frontal cascades miss at that width (a turned head, a cap):
 #: found by the profile cascade (40 px) and by CenterFace (200 px) in the group search
 HARD_FACES = ((59, 200), (133, 40), (226, 40), (282, 40))
 
