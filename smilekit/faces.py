@@ -279,6 +279,10 @@ GROUP_FINE_LEVELS = 2
 #: ... and on the finest only where CenterFace looks for the larger faces: left out there too, on 4 val scenes
 #: each, faces 40 px wide were found 97.3 -> 95.6 % for about 0.5 s less a 12 MP photo (60 to 200 px unchanged)
 GROUP_FINE_LEVELS_WITH_CENTERFACE = 1
+# (tried and dropped: there, coarser steps for the cascades, 1.15 and 1.25 for the profile one. On val scenes
+# they found the same faces of 60 to 200 px and one more of 355 of 40 px, and a 12 MP photo with no face took
+# 0.46 to 0.58 s less. In the check on test photos they found 167 of 171 faces 40 px wide instead of 171, and
+# took 0.3 to 0.55 s more at 40 and 60 px, 0.2 to 0.7 s less at 100 and 200 px: outputs/metrics/groups-test.txt)
 #: in photos over GROUP_SEARCH_MIN_SIDE, CenterFace (:mod:`smilekit.centerface`) looks for faces of at least
 #: CENTERFACE_MIN_FACE pixels (full size) on a colour copy where they are CENTERFACE_FACE pixels wide, in place
 #: of dlib HOG on the pyramid's finest level and of the cascades on the levels it covers: it finds faces behind
