@@ -182,6 +182,11 @@ def match(found, truth, factor: float):
     return pairs, len(found) - len(used) - others, others, missed
 
 
+def photo_width(result) -> int:
+    """The width of the pixels ``result``'s boxes are in: the photo's own (older checkouts: the working copy's)."""
+    return getattr(result, "size", (0,))[0] or result.image.width
+
+
 def save_misses(folder: Path, data: bytes, missed, width: int, scene_no: int) -> None:
     """Each missed face of a scene, with its surroundings, as a JPEG in ``folder`` (to see what is still lost)."""
     from PIL import Image
@@ -236,7 +241,7 @@ def main(argv=None) -> int:
             result = predictor.predict(data)
             times.append(time.perf_counter() - start)
             cpu.append(time.process_time() - start_cpu)
-            pairs, extra, elsewhere, missed = match(result.faces, truth, size[0] / result.image.width)
+            pairs, extra, elsewhere, missed = match(result.faces, truth, size[0] / photo_width(result))
             if args.misses:
                 save_misses(args.misses, data, missed, width, k)
             n, found, false, others = n + len(truth), found + len(pairs), false + extra, others + elsewhere

@@ -93,7 +93,7 @@ class LiveFaces:
     def analyse(self, data) -> list[LiveFace]:
         """Every face in one JPEG frame, left to right. Raises :class:`FrameError` for a bad frame."""
         gray = read_frame(data)
-        boxes = faces.detect_live_faces(np.asarray(gray))
+        boxes = faces.detect_faces(np.asarray(gray))
         if not boxes:
             return []
         crops = [faces.model_crop(gray, box, INPUT_SIZE) for box in boxes]

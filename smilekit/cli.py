@@ -32,8 +32,8 @@ def cmd_predict(args) -> int:
     for path in args.paths:
         try:
             result = predictor.predict(path, whole_image=args.whole)
-            record = {"path": path, "model_version": result.model_version, "faces": [f.to_dict() for f in result.faces],
-                      "summary": summary(result.faces)}
+            record = {"path": path, "model_version": result.model_version, "width": result.size[0], "height": result.size[1],
+                      "faces": [f.to_dict() for f in result.faces], "summary": summary(result.faces)}
         except (ImageError, OSError) as err:
             failures += 1
             record = {"path": path, "error": str(err) if isinstance(err, ImageError) else f"cannot read file: {err.strerror or err}"}

@@ -140,6 +140,10 @@ class Verdict(Base):
     true_smiling: Mapped[bool] = mapped_column(Boolean)
     crop_png: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     source: Mapped[str | None] = mapped_column(String(16), nullable=True, default="upload")  # 'upload' or 'camera'
+    # the photo's own size, in whose pixels box_* are (NULL: rows from before migration 0004, whose boxes are in
+    # the pixels of the reduced working copy)
+    photo_width: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    photo_height: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class VerdictCount(Base):
@@ -173,7 +177,7 @@ class CalibrationRow(Base):
 
 
 COLUMNS = ("id", "created_at", "updated_at", "session_id", "photo_sha256", "face_index", "box", "predicted_smiling",
-           "probability", "model_version", "verdict", "true_smiling", "crop_png", "source")
+           "probability", "model_version", "verdict", "true_smiling", "crop_png", "source", "photo_size")
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -247,8 +251,9 @@ class FeedbackStore:
         tables = inspect(self.engine).get_table_names()
         self.summarised = VerdictCount.__tablename__ in tables
         self.calibrates = CalibrationRow.__tablename__ in tables  # not in a read-only database from before calibration
-        # a read-only database from before verdicts had a source is read as all uploads
-        self.has_source = "source" in {c["name"] for c in inspect(self.engine).get_columns(Verdict.__tablename__)}
+        # a read-only database from an older schema is read without the columns it lacks (source: all uploads)
+        present = {c["name"] for c in inspect(self.engine).get_columns(Verdict.__tablename__)}
+        self.missing_columns = [c for c in Verdict.__table__.columns if c.name not in present]
 
     def _upgrade(self) -> None:
         """``migrate.upgrade``, tried again while the database is locked by another store's upgrade, for up to
@@ -296,13 +301,15 @@ class FeedbackStore:
 
     def record(self, *, session_id: str, photo_sha256: str, face_index: int, box: tuple[int, int, int, int],
                probability: float, model_version: str, correct: bool, crop_png: bytes | None = None,
-               threshold: float = settings.DEFAULT_THRESHOLD, source: str = "upload") -> int:
+               threshold: float = settings.DEFAULT_THRESHOLD, source: str = "upload",
+               photo_size: tuple[int, int] | None = None) -> int:
         """Save (or change) the verdict on one face; returns the row id.
 
         ``correct`` says whether the model's answer was right; the true label is
         derived from it and the model's answer (``probability`` >= its ``threshold``).
         ``crop_png`` (the 64x64 face crop) only with consent. ``source`` says where
-        the photo came from: ``"upload"`` or ``"camera"``.
+        the photo came from: ``"upload"`` or ``"camera"``. ``box`` is in the pixels of the photo, whose
+        (width, height) ``photo_size`` gives.
         Raises ``DatabaseBusy`` or ``DatabaseReadOnly`` within ``WRITE_DEADLINE_S``.
         """
         predicted = float(probability) >= threshold
@@ -317,6 +324,8 @@ class FeedbackStore:
             true_smiling=predicted if correct else not predicted,
             crop_png=crop_png,
             source=source,
+            photo_width=None if photo_size is None else int(photo_size[0]),
+            photo_height=None if photo_size is None else int(photo_size[1]),
         )
         return self._write(lambda session: self._upsert(session, key, changes, now), "your verdict was not saved",
                            time.monotonic() + WRITE_DEADLINE_S)
@@ -396,20 +405,21 @@ class FeedbackStore:
         """Every verdict as a dict (see ``COLUMNS``), oldest first."""
         with Session(self.engine) as session:
             query = select(Verdict).order_by(Verdict.created_at, Verdict.id)
-            if not self.has_source:
-                query = query.options(defer(Verdict.source, raiseload=True))
+            missing = {c.name for c in self.missing_columns}
+            query = query.options(*(defer(getattr(Verdict, name), raiseload=True) for name in missing))
             found = session.execute(query).scalars().all()
-            return [self._as_dict(v, self.has_source) for v in found]
+            return [self._as_dict(v, missing) for v in found]
 
     @staticmethod
-    def _as_dict(v: Verdict, has_source: bool = True) -> dict:
+    def _as_dict(v: Verdict, missing: set = frozenset()) -> dict:
         return {
             "id": v.id, "created_at": _as_utc(v.created_at), "updated_at": _as_utc(v.updated_at),
             "session_id": v.session_id, "photo_sha256": v.photo_sha256, "face_index": v.face_index,
             "box": (v.box_x, v.box_y, v.box_w, v.box_h), "predicted_smiling": bool(v.predicted_smiling),
             "probability": v.probability, "model_version": v.model_version, "verdict": v.verdict,
             "true_smiling": bool(v.true_smiling), "crop_png": v.crop_png,
-            "source": (v.source if has_source else None) or "upload",
+            "source": (v.source if "source" not in missing else None) or "upload",
+            "photo_size": None if "photo_width" in missing or v.photo_width is None else (v.photo_width, v.photo_height),
         }
 
     def stats(self, last: int = 100) -> dict:

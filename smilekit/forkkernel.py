@@ -44,9 +44,9 @@ import traceback
 from jupyter_client.provisioning import LocalProvisioner
 
 #: imported by the zygote, so every kernel has them: the kernel (its debugger support alone is 0.1 CPU-s, imported
-#: as the kernel starts), what the app's first cell imports, the database dialects it then loads, and the landmark model
+#: as the kernel starts), what the app's first cell imports and the database dialects it then loads
 PRELOAD = ("ipykernel.kernelapp", "ipykernel.debugger", "smilekit.ui", "sqlalchemy.dialects.sqlite",
-           "sqlalchemy.dialects.postgresql", "smilekit.align:landmark_model")  # module:function is also called
+           "sqlalchemy.dialects.postgresql")  # a module:function entry would also call the function
 #: seconds a kernel launch waits for the zygote to be ready (its imports) before starting the usual way
 START_TIMEOUT_S = 120
 #: bytes of command line the zygote keeps for its kernels' (the kernel's command is shown there, as ``ps`` shows it)

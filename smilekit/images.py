@@ -98,23 +98,23 @@ class ImageError(ValueError):
 
 
 def load_photo(source, max_side: int = WORK_MAX_SIDE, detail_side: int = 4096) -> tuple[Image.Image, Image.Image | None]:
-    """:func:`load_image` of ``source``, and when the photo was reduced for work, a greyscale copy of it up to
-    ``detail_side`` (to find and cut small faces), else None.
+    """:func:`load_image` of ``source``, and when the photo was reduced for work, an RGB copy of it up to
+    ``detail_side`` (to find and cut small faces: YuNet finds more small faces in colour), else None.
 
-    Formats decoded at full size give both copies from one decoding; JPEGs are decoded a second time, straight
-    to greyscale at the size wanted (libjpeg's draft mode), on a second thread while the first decoding runs
-    (Pillow decodes and resizes without Python's lock: a 12 MP photo took 130 ms instead of 290).
+    Formats decoded at full size give both copies from one decoding; JPEGs are decoded a second time, at the
+    size wanted where libjpeg's draft mode allows, on a second thread while the first decoding runs (Pillow
+    decodes and resizes without Python's lock: a 12 MP photo took 130 ms instead of 290).
     """
     if isinstance(source, (str, Path)):
         source = Path(source).read_bytes()  # read once, decoded twice
-    grey = None
+    second = None
     if not isinstance(source, Image.Image) and _is_reduced_jpeg(source, max_side):
-        grey = _second_decoder().submit(load_image, source, detail_side, "L")
+        second = _second_decoder().submit(load_image, source, detail_side)
     image, detail = _load(source, max_side, "RGB", detail_side)
-    if grey is not None:
-        detail = grey.result()
+    if second is not None:
+        detail = second.result()
     elif detail is None and max(image.info.get("full_size", image.size)) > max(image.size):
-        detail = load_image(source, detail_side, mode="L")  # an opened JPEG: decoded again, only its luminance
+        detail = load_image(source, detail_side)  # an opened JPEG: decoded again
     return image, detail
 
 
@@ -146,7 +146,7 @@ def load_image(source, max_side: int = WORK_MAX_SIDE, mode: str = "RGB") -> Imag
 
 
 def _load(source, max_side: int, mode: str, detail_side: int | None = None) -> tuple[Image.Image, Image.Image | None]:
-    """:func:`load_image`, and a greyscale copy up to ``detail_side`` from the same decoding when the photo is
+    """:func:`load_image`, and an RGB copy up to ``detail_side`` from the same decoding when the photo is
     larger than ``max_side`` and not a JPEG (None otherwise)."""
     detail = None
     opened = not isinstance(source, Image.Image)
@@ -163,7 +163,7 @@ def _load(source, max_side: int, mode: str, detail_side: int | None = None) -> t
             orientation = full.getexif().get(0x0112, 1)
             image = _reduced_rgb(pixels, max_side) if mode == "RGB" else _reduced_rgb(pixels, max_side, mode)
             if detail_side and max(full_size) > max_side and getattr(full, "format", None) not in _DRAFT_FORMATS:
-                detail = _reduced_rgb(pixels, detail_side, "L")
+                detail = _reduced_rgb(pixels, detail_side)
             del pixels
             if image is not full and opened:
                 _release(full)

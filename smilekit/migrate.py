@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 #: the newest revision in MIGRATIONS/versions
-HEAD = "0003"
+HEAD = "0004"
 #: any fixed number: the PostgreSQL advisory lock that one upgrade at a time holds
 _PG_LOCK = 0x5311E
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
+from matplotlib.patches import Polygon, Rectangle
 
 from . import faces, metrics
 
@@ -69,14 +69,15 @@ def class_balance(balance: dict[str, dict[str, dict[str, int]]]) -> Figure:
 
 
 def boxes_on_photos(detections, ncols: int = 4, size: float = 2.5) -> Figure:
-    """Photos with their detected face boxes (green) and the model crop cut from each (dashed yellow)."""
+    """Photos with their detected face boxes (green), landmarks (red) and the aligned model crop cut from each
+    (dashed yellow)."""
     fig, axes = _grid(len(detections), ncols, size)
     for ax, (image, boxes) in zip(axes, detections):
         ax.imshow(np.asarray(image))
         for b in boxes:
             ax.add_patch(Rectangle((b.x, b.y), b.w, b.h, fill=False, edgecolor="lime", linewidth=2))
-            cx, cy, side = faces.crop_box(b)
-            ax.add_patch(Rectangle((cx - side / 2, cy - side / 2), side, side, fill=False, edgecolor="yellow", linewidth=1.5, linestyle="--"))
+            ax.plot(*b.points().T, "r.", markersize=4)
+            ax.add_patch(Polygon(faces.crop_corners(b), closed=True, fill=False, edgecolor="yellow", linewidth=1.5, linestyle="--"))
         ax.set_title(f"{len(boxes)} face(s)", fontsize=8)
     return fig
 

@@ -14,15 +14,15 @@ from .runtime import (DEFAULT_THRESHOLD, INPUT_SIZE, ExportedModel, crops_to_arr
                       probabilities)
 from .settings import UNSURE_BAND
 
-#: photos reduced for work (smilekit.images.WORK_MAX_SIDE) are also read in greyscale up to this long side, to
-#: find and cut small faces (a 40-px face in a 4,000-px photo is 20 px at 2,048, below Haar's 24-px window);
-#: the group search works at 2/3 of the full size (faces.GROUP_MIN_FACE), so more would only cost memory
-DETAIL_MAX_SIDE = 3072
+#: photos reduced for work (smilekit.images.WORK_MAX_SIDE) are also read up to this long side, to find and cut
+#: small faces. Val scenes of 4,000 x 3,000 px, faces 40 px wide, at smilekit.faces.SCORE_THRESHOLD: YuNet found
+#: 112 of 114 at 3,072 px in colour (98 in grey), 113 at 3,584 px
+DETAIL_MAX_SIDE = 3584
 
 
 @dataclass
 class FacePrediction:
-    """One face: its box in the (upright, possibly reduced) photo, and the model's answer."""
+    """One face: its box and landmarks in the upright photo's own pixels, and the model's answer."""
 
     index: int
     box: faces.Box
@@ -50,14 +50,21 @@ class FacePrediction:
         return self.probability if self.smiling else 1.0 - self.probability
 
     def to_dict(self) -> dict:
-        return {"box": list(self.box.as_tuple()), "smiling": self.smiling, "probability": round(self.probability, 4)}
+        landmarks = [[round(x, 1), round(y, 1)] for x, y in self.box.points()]
+        return {"box": list(self.box.as_tuple()), "landmarks": landmarks, "smiling": self.smiling,
+                "probability": round(self.probability, 4)}
 
 
 @dataclass
 class PhotoPrediction:
-    image: Image.Image = field(repr=False)  # upright RGB photo the boxes refer to
+    image: Image.Image = field(repr=False)  # the upright RGB photo, reduced for work (see size)
     faces: list[FacePrediction]
     model_version: str
+    size: tuple[int, int] = (0, 0)  # the upright photo's own width and height, the pixels the boxes are in
+
+    def shown_box(self, face: FacePrediction) -> faces.Box:
+        """``face``'s box in the pixels of :attr:`image` (to draw on it)."""
+        return face.box.scaled(self.image.width / self.size[0]) if self.size[0] else face.box
 
 
 class Predictor:
@@ -111,20 +118,20 @@ class Predictor:
         """
         if whole_image:
             image, detail = load_image(source), None
-            gray = image.convert("L")
-            boxes, detected = [faces.face_in_crop(gray)], False
         else:
-            # photos reduced for work also come as a greyscale copy at up to DETAIL_MAX_SIDE: small faces are
-            # found and cut there
+            # photos reduced for work also come as a greyscale copy at up to DETAIL_MAX_SIDE: faces are found
+            # and cut there
             image, detail = load_photo(source, detail_side=DETAIL_MAX_SIDE)
-            gray = image.convert("L")
-            detail = None if detail is None else np.asarray(detail)  # one copy of its pixels, not two
-            boxes, detected = faces.detect_faces(image, detail, max(image.info.get("full_size", image.size)), gray), True
-        crops = [faces.face_crop(gray, detail, box, INPUT_SIZE) for box in boxes]
+        pixels = np.asarray(detail if detail is not None else image)  # one copy of the pixels, not two
         del detail
+        boxes = [faces.face_in_crop(image)] if whole_image else faces.detect_faces(pixels)
+        crops = [faces.model_crop(pixels, box, INPUT_SIZE).convert("L") for box in boxes]
         probs = self.predict_proba(crops) if crops else []
-        found = [FacePrediction(i, b, float(p), c, detected, self.threshold) for i, (b, p, c) in enumerate(zip(boxes, probs, crops))]
-        return PhotoPrediction(image, found, self.version)
+        size = _photo_size(source, image)
+        to_photo = size[0] / pixels.shape[1]
+        found = [FacePrediction(i, b.scaled(to_photo), float(p), c, not whole_image, self.threshold)
+                 for i, (b, p, c) in enumerate(zip(boxes, probs, crops))]
+        return PhotoPrediction(image, found, self.version, size)
 
     def score_samples(self, samples, progress: bool = False, transform=None) -> tuple[np.ndarray, np.ndarray]:
         """Probability of smiling for each labelled sample through the app's path, and its status.
@@ -163,3 +170,9 @@ class Predictor:
         grad = x.grad.abs()[0, 0]
         grad = torch.nn.functional.avg_pool2d(grad[None, None], 5, stride=1, padding=2)[0, 0]
         return (grad / grad.max().clamp_min(1e-12)).numpy()
+
+
+def _photo_size(source, image: Image.Image) -> tuple[int, int]:
+    """The upright photo's own size: ``image``'s before it was reduced, or what a PIL ``source`` says it is."""
+    given = source.info.get("full_size") if isinstance(source, Image.Image) else None
+    return tuple(image.info.get("full_size") or given or image.size)

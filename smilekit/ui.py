@@ -273,7 +273,8 @@ class SmileApp:
         detected = [f for f in prediction.faces if f.detected]  # a whole-picture face needs no box
         group = len(detected) > render.GROUP_SIZE
         numbers = dict(zip((f.index for f in detected), render.face_numbers([f.box for f in detected])))
-        picture = widgets.Image(value=render.boxed_photo(prediction.image, [f.box for f in detected], list(numbers.values())),
+        shown = [prediction.shown_box(f) for f in detected]
+        picture = widgets.Image(value=render.boxed_photo(prediction.image, shown, list(numbers.values())),
                                 format="jpeg", layout=_layout(width="auto", max_width="100%", max_height="75vh", height="auto"))
         if photo.source == "camera":
             picture.add_class("smilekit-capture")
@@ -282,7 +283,7 @@ class SmileApp:
         thumb_side = render.GROUP_THUMB_SIDE if group else render.THUMB_SIDE
         for face in prediction.faces:
             if face.detected:
-                card = FaceCard(face, render.face_thumbnail(prediction.image, face.box, thumb_side, jpeg=group), "jpeg" if group else "png")
+                card = FaceCard(face, render.face_thumbnail(prediction.image, prediction.shown_box(face), thumb_side, jpeg=group), "jpeg" if group else "png")
             else:
                 card = FaceCard(face, render.crop_thumbnail(face.crop))
             card.number = numbers.get(face.index, 1)
@@ -428,7 +429,9 @@ class SmileApp:
         log.info("photo %s: %d face(s) in %.2f s", photo.sha256[:12], len(prediction.faces), time.perf_counter() - start)
         # free the pixels; a photo with no face keeps a small copy for "check the whole picture"
         kept = None if photo.cards else _small_copy(prediction.image, WHOLE_PICTURE_SIDE)
-        photo.prediction = PhotoPrediction(kept, prediction.faces, prediction.model_version)
+        if kept is not None:
+            kept.info["full_size"] = prediction.size  # a whole-picture face's box is still in the photo's pixels
+        photo.prediction = PhotoPrediction(kept, prediction.faces, prediction.model_version, prediction.size)
         self.gallery.children = (photo.panel, *self.gallery.children)  # newest first
         self._drop_old_photos()
         return len(self.photos) - 1
@@ -439,7 +442,7 @@ class SmileApp:
             if old.panel is not None:
                 _close_tree(old.panel)
                 old.panel, old.body, old.cards = None, None, []
-                old.prediction = PhotoPrediction(None, [], old.prediction.model_version)
+                old.prediction = PhotoPrediction(None, [], old.prediction.model_version, old.prediction.size)
         self.gallery.children = [p.panel for p in reversed(self.photos) if p.panel is not None]
 
     def classify_whole(self, photo_idx: int) -> FacePrediction:
@@ -449,7 +452,7 @@ class SmileApp:
             return photo.cards[0].face
         photo.prediction = self.predictor.predict(photo.prediction.image, whole_image=True)
         self._render_photo(photo)
-        photo.prediction = PhotoPrediction(None, photo.prediction.faces, photo.prediction.model_version)
+        photo.prediction = PhotoPrediction(None, photo.prediction.faces, photo.prediction.model_version, photo.prediction.size)
         images.return_freed_memory()
         return photo.cards[0].face
 
@@ -477,6 +480,7 @@ class SmileApp:
                 session_id=self.session_id, photo_sha256=photo.sha256, face_index=face.index, box=face.box.as_tuple(),
                 probability=face.probability, threshold=face.threshold, model_version=photo.prediction.model_version, correct=correct,
                 crop_png=render.crop_png(face.crop) if self.consent else None, source=photo.source,
+                photo_size=photo.prediction.size,
             )
         except FeedbackWriteError as err:
             log.warning("verdict not saved: %s", err)

@@ -123,14 +123,3 @@ def test_the_app_install_without_extras_has_a_kernel_to_run_the_app():
     """`scripts/setup` (no extras) must give Voilà a Python kernel: voila itself does not install ipykernel."""
     closure = _installed_closure(_pyproject()["dependencies"])
     assert {"voila", "ipywidgets", "ipykernel"} <= closure
-
-
-def test_packages_without_their_requirements_are_pinned_and_installed_everywhere():
-    """scripts/no-deps.txt (CenterFace's model file) is installed with --no-deps by setup, Binder and conda."""
-    listed = _as_dict((ROOT / "scripts" / "no-deps.txt").read_text().splitlines())
-    assert listed and all("==" in r for r in listed.values())
-    assert not set(listed) & set(expected()), "a package is either a normal dependency or installed without its own"
-    install = "--no-deps -r scripts/no-deps.txt"
-    assert install in (ROOT / "scripts" / "setup").read_text()
-    assert install in (ROOT / "binder" / "postBuild").read_text()
-    assert install in (ROOT / "environment.yml").read_text()
