@@ -108,7 +108,9 @@ def _run(pixels: np.ndarray) -> np.ndarray:
     """YuNet's rows (box, 10 landmark coordinates, score) for one image (grey or RGB array) at its own size."""
     height, width = pixels.shape[:2]
     found = _detector(width, height).detect(_bgr(pixels))[1]
-    return np.zeros((0, 15), np.float32) if found is None else found
+    if found is None:
+        return np.zeros((0, 15), np.float32)
+    return found[np.isfinite(found).all(axis=1)]  # a degenerate image can give rows of NaN
 
 
 def _starts(length: int) -> list[int]:

@@ -164,6 +164,8 @@ def _load(source, max_side: int, mode: str, detail_side: int | None = None) -> t
             image = _reduced_rgb(pixels, max_side) if mode == "RGB" else _reduced_rgb(pixels, max_side, mode)
             if detail_side and max(full_size) > max_side and getattr(full, "format", None) not in _DRAFT_FORMATS:
                 detail = _reduced_rgb(pixels, detail_side)
+                if detail is pixels:  # not reduced: a copy that outlives the decoded photo
+                    detail = detail.copy()
             del pixels
             if image is not full and opened:
                 _release(full)

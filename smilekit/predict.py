@@ -50,7 +50,7 @@ class FacePrediction:
         return self.probability if self.smiling else 1.0 - self.probability
 
     def to_dict(self) -> dict:
-        landmarks = [[round(x, 1), round(y, 1)] for x, y in self.box.points()]
+        landmarks = [[round(float(x), 1), round(float(y), 1)] for x, y in self.box.points()]
         return {"box": list(self.box.as_tuple()), "landmarks": landmarks, "smiling": self.smiling,
                 "probability": round(self.probability, 4)}
 

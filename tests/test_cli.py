@@ -39,7 +39,7 @@ def test_predict_json_one_object_per_photo_with_errors_inline(model_path, celeba
     from smilekit.predict import Predictor
 
     expected = Predictor(model_path).predict(celeba_dir / "img/0.jpg").faces[0]  # the same answer as the package gives
-    assert set(face) == {"box", "smiling", "probability"} and face["probability"] == round(expected.probability, 4)
+    assert set(face) == {"box", "landmarks", "smiling", "probability"} and face["probability"] == round(expected.probability, 4)
     assert face["smiling"] == (face["probability"] >= 0.5)
     assert "not an image" in lines[2]["error"] and "cannot read" in lines[3]["error"]
     for line in lines[:2]:  # the per-photo summary beside the faces

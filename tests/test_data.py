@@ -37,11 +37,13 @@ def test_in_the_wild_sets_load_with_their_splits(shared_data, name, counts, smil
         assert {s.pose for s in samples} == {1, 2, 3, 4, 5} and {s.male for s in samples} == {0, 1}
 
 
-def test_a_crop_without_a_detected_face_uses_its_datasets_geometry():
-    blank = Image.new("L", (80, 80), 128)  # nothing to detect: the fallback geometry decides the box
-    boxes = {name: data.face_box(data.Sample("x.jpg", 0, "test", name, True), blank)[0] for name in ("smilesmiled", "mtfl")}
-    assert boxes["mtfl"].w == round(data.CROP_GEOMETRY["mtfl"][2] * 80)  # MTFL crops are looser: a smaller face
-    assert boxes["smilesmiled"].w > 80 > boxes["mtfl"].w
+def test_a_crop_without_a_detected_face_uses_its_datasets_landmarks():
+    blank = Image.new("L", (80, 80), 128)  # nothing to detect: the fallback landmarks decide the face
+    found = {name: data.face_box(data.Sample("x.jpg", 0, "test", name, True), blank) for name in ("smilesmiled", "mtfl")}
+    assert not found["mtfl"][1] and not found["smilesmiled"][1]
+    assert np.allclose(found["mtfl"][0].points(), np.array(data.CROP_LANDMARKS["mtfl"]) * 80, atol=1e-3)
+    eye_gap = {name: face.points()[1, 0] - face.points()[0, 0] for name, (face, _) in found.items()}
+    assert eye_gap["smilesmiled"] > 1.5 * eye_gap["mtfl"]  # MTFL crops are looser: a smaller face
 
 
 def test_data_root_from_environment(shared_data, monkeypatch):

@@ -67,6 +67,7 @@ def test_predict_json_gives_the_photo_size_and_boxes_in_its_pixels(celeba_dir, b
     path.write_bytes(data)
     out = subprocess.run([sys.executable, "-m", "smilekit", "predict", str(path), "--json", "--model", str(model_path)],
                          capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
     record = json.loads(out.stdout)
     assert (record["width"], record["height"]) == (4000, 3000)
     assert len(record["faces"]) == 2

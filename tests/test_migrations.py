@@ -107,12 +107,14 @@ def test_database_written_before_migrations_upgrades_in_place_keeping_every_row(
     store = FeedbackStore(db_url)
     with store.engine.connect() as conn:
         assert migrate.current(conn) == migrate.head()
-    # every row, crop and count as before; rows from before verdicts had a source are uploads
-    assert store.rows() == [dict(row, source="upload") for row in rows] and store.stats() == stats
+    # every row, crop and count as before; rows from before verdicts had a source are uploads, and from before
+    # 0004 have no photo size (their boxes are in the reduced working copy's pixels)
+    assert store.rows() == [dict(row, source="upload", photo_size=None) for row in rows] and store.stats() == stats
     assert len(store.consented_crops()) == 3
     # the summary's triggers still count new and changed verdicts
     store.record(session_id="s9", photo_sha256="f" * 64, face_index=0, box=(1, 2, 3, 4), probability=0.9,
-                 model_version="v2", correct=False)
+                 model_version="v2", correct=False, photo_size=(4000, 3000))
+    assert [r["photo_size"] for r in store.rows() if r["session_id"] == "s9"] == [(4000, 3000)]
     store.record(session_id="s1", photo_sha256=f"{1:064x}", face_index=1, box=(1, 2, 30, 30), probability=0.32,
                  model_version="v1", correct=True)
     after = store.stats()
