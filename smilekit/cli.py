@@ -13,10 +13,44 @@ import sys
 from .images import ImageError
 
 
-def _predictor(model):
+def _predictor(args):
+    """The model the app serves: ``--model`` (else the promoted or shipped one) with the calibration in force in
+    the feedback database (``--db-url``, else ``SMILEKIT_DB_URL`` or the default file), as the app labels faces;
+    ``--no-calibration`` gives the model's own probabilities. The model in use is reported on stderr."""
     from .predict import Predictor
 
-    return Predictor(model)
+    predictor = Predictor(args.model)
+    if not args.no_calibration:
+        predictor.calibrate(_stored_calibration(args.db_url, predictor.meta["version"]))
+    served = f"model {predictor.version}"
+    served += " (calibrated on the feedback database's verdicts)" if predictor.calibration else " (no calibration)"
+    print(served, file=sys.stderr, flush=True)
+    return predictor
+
+
+def _stored_calibration(db_url, model_version: str):
+    """The calibration stored for ``model_version``, or None: no database yet (none is created), or one that
+    cannot be read (a warning says so)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from . import settings
+    from .feedback import FeedbackStore, _sqlite_file
+
+    url = db_url or settings.db_url()
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and (path := _sqlite_file(parsed)) is not None and not path.is_file():
+        return None
+    try:
+        store = FeedbackStore(url)
+        try:
+            return store.calibration_for(model_version)
+        finally:
+            store.close()
+    except (SQLAlchemyError, ImportError) as err:  # a server that does not answer, or its driver not installed
+        print(f"warning: cannot read the calibration from the feedback database ({type(err).__name__}); "
+              "probabilities are the model's own", file=sys.stderr)
+        return None
 
 
 def summary(faces) -> dict:
@@ -27,7 +61,7 @@ def summary(faces) -> dict:
 
 def cmd_predict(args) -> int:
     """One JSON object (or a readable line) per photo; errors are reported per photo, never as a traceback."""
-    predictor = _predictor(args.model)
+    predictor = _predictor(args)
     failures = 0
     for path in args.paths:
         try:
@@ -54,7 +88,7 @@ def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_photos
 
     samples = load_folder(args.folder, is_crop=args.crops)  # a wrong layout is reported before the model loads
-    result = evaluate_photos(_predictor(args.model), samples, progress=not args.json)
+    result = evaluate_photos(_predictor(args), samples, progress=not args.json)
     if args.json:
         print(json.dumps({k: result[k] for k in ("n", "accuracy", "balanced_accuracy", "roc_auc", "no_face")}))
     else:
@@ -78,7 +112,8 @@ def cmd_train(args) -> int:
              if getattr(args, key) is not None}  # the rest: TrainConfig's defaults, the one source for them
     if args.datasets:
         given["datasets"] = tuple(args.datasets)
-    config = TrainConfig(**given, resume=args.resume, arch_kwargs={"width": args.width} if args.width else {})
+    arch_kwargs = {k: v for k, v in (("width", args.width), ("input_px", args.input_px)) if v}
+    config = TrainConfig(**given, resume=args.resume, arch_kwargs=arch_kwargs)
     report = train(config)  # a missing data folder is reported by main()
     if "version" in report:  # under torchrun only the first worker reports
         print(json.dumps({"version": report["version"], "test": report["test"]}, indent=2))
@@ -136,6 +171,14 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="checkpoint to write")
 
 
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """The options ``predict`` and ``evaluate`` share: which model, and which calibration, as the app would serve."""
+    p.add_argument("--model", help="checkpoint file (default: promoted or shipped model)")
+    p.add_argument("--db-url", help="feedback database whose calibration for the model is applied, as in the app "
+                                    "(default $SMILEKIT_DB_URL or outputs/feedback.db)")
+    p.add_argument("--no-calibration", action="store_true", help="the model's own probabilities, without the database's calibration")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smilekit", description="Is each person in a photo smiling?")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -144,14 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--json", action="store_true", help="one JSON object per photo")
     p.add_argument("--whole", action="store_true", help="treat each image as one face crop")
-    p.add_argument("--model", help="checkpoint file (default: promoted or shipped model)")
+    _add_model_options(p)
     p.set_defaults(run=cmd_predict)
 
     p = sub.add_parser("evaluate", help="accuracy on a folder with smiling/ and not_smiling/")
     p.add_argument("folder", metavar="DIR")
     p.add_argument("--crops", action="store_true", help="images are already face crops (no detection)")
     p.add_argument("--json", action="store_true", help="print one JSON line")
-    p.add_argument("--model", help="checkpoint file (default: promoted or shipped model)")
+    _add_model_options(p)
     p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("train", help="train a model on face data",
@@ -159,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_options(p)
     p.add_argument("--arch", help="smilenet, litenet (EfficientNet-Lite0 from ImageNet weights) or seedcnn")
     p.add_argument("--width", type=int, help="SmileNet channels in its first stage (default: the architecture's)")
+    p.add_argument("--input-px", type=int, help="LiteNet: the side the 64 px face is resized to inside the network (default 64)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--resume", action="store_true", help="continue from OUT's .last.pt")
     p.add_argument("--device", help="cpu, cuda, mps or auto: a GPU if present (default cpu)")

@@ -49,6 +49,7 @@ class TrainConfig:
     distill: float = 0.0  # fine-tuning: weight of a loss keeping init_from's outputs on the non-extra draws (learning without forgetting)
     extra_noise: float = 0.0  # fine-tuning: assumed share of wrong extra labels; each extra draw's loss is weighted by click_trust
     threads: int = 2
+    channels_last: bool = True  # model and batches in torch.channels_last: 1.5x faster steps for LiteNet on CPU (benchmarks/bench_train_step.py)
     device: str = "cpu"  # cpu, cuda, mps or auto (the best present); torchrun workers share each epoch
 
 
@@ -252,7 +253,8 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
         arch, arch_kwargs = config.arch, getattr(model, "arch_kwargs", config.arch_kwargs)
     teacher = load_checkpoint(config.init_from)[0].to(device).eval() if config.distill or config.extra_noise else None
     averaged = build_model(arch, **arch_kwargs)  # holds the moving average for validation (on the CPU)
-    model.to(device)
+    layout = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(device, memory_format=layout)
     network = workers.wrap(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, (config.draws_per_epoch or len(labels)) // config.batch_size // workers.world)
@@ -280,7 +282,8 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
         total_loss = total_right = 0.0
         for step in bar:
             idx = order[step]
-            x, y = augment(crops_t[idx], augment_generator).to(device), labels_t[idx].to(device)
+            x = augment(crops_t[idx], augment_generator).to(device, memory_format=layout)
+            y = labels_t[idx].to(device)
             logits = network(x)
             keep = ~from_extra[idx].to(device)
             weight = draw_weights(teacher, x, y, keep, config.extra_noise)
@@ -327,7 +330,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     # best weights, calibration on validation, test figures, checkpoint
     if best_state is None:
         best_state = torch.load(out.with_suffix(".best.pt"), map_location="cpu", weights_only=True)["model"]
-    model.cpu().load_state_dict(best_state)
+    model.to("cpu", memory_format=torch.contiguous_format).load_state_dict(best_state)
     _, val_logits = evaluate_sets(model, val_sets)
     temperature = metrics.fit_temperature(np.concatenate(list(val_logits.values())),
                                           np.concatenate([l for _, l, _ in val_sets.values()]))

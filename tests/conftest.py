@@ -63,7 +63,7 @@ def _isolated_state(tmp_path_factory, monkeypatch):
         monkeypatch.setenv(var, str(state / sub))
     monkeypatch.setenv("SMILEKIT_MODELS_DIR", str(state / "no-promoted-models"))
     monkeypatch.delenv("SMILEKIT_MODEL", raising=False)
-    monkeypatch.delenv("SMILEKIT_DB_URL", raising=False)
+    monkeypatch.setenv("SMILEKIT_DB_URL", f"sqlite:///{tmp_path_factory.mktemp('db') / 'feedback.db'}")  # one per test
 
 
 def dev_model(request, tmp_path_factory) -> Path:

@@ -48,6 +48,35 @@ def test_predict_json_one_object_per_photo_with_errors_inline(model_path, celeba
     assert "summary" not in lines[2] and "summary" not in lines[3]
 
 
+def test_predict_applies_the_calibration_the_app_serves_and_names_it(model_path, celeba_dir, tmp_path, monkeypatch):
+    import os
+
+    from smilekit.calibration import Calibration
+    from smilekit.feedback import FeedbackStore
+    from smilekit.predict import Predictor
+
+    photo = celeba_dir / "img/0.jpg"
+    db = tmp_path / "feedback.db"
+    monkeypatch.setenv("SMILEKIT_DB_URL", f"sqlite:///{db}")
+    plain = run_cli("predict", photo, "--json")
+    assert plain.returncode == 0 and not db.exists(), "predicting must not create a feedback database"
+    version = Predictor(model_path).meta["version"]
+    assert f"model {version} (no calibration)" in plain.stderr
+    store = FeedbackStore(os.environ["SMILEKIT_DB_URL"])
+    cal = Calibration(1.0, -3.0)
+    cal_id = store.save_calibration(version, cal, 100, {"accuracy_before": 0.8, "accuracy_after": 0.85})
+    store.close()
+    calibrated = run_cli("predict", photo, "--json")
+    own = run_cli("predict", photo, "--json", "--no-calibration")
+    (p_plain, p_cal, p_own) = (json.loads(r.stdout)["faces"][0]["probability"] for r in (plain, calibrated, own))
+    assert p_cal == pytest.approx(float(cal.apply(p_plain)), abs=2e-4) and p_cal < p_plain and p_own == p_plain
+    assert json.loads(calibrated.stdout)["model_version"] == f"{version}+c{cal_id}"
+    assert f"model {version}+c{cal_id} (calibrated" in calibrated.stderr
+    broken = run_cli("predict", photo, "--json", "--db-url", "postgresql+psycopg2://nobody@127.0.0.1:1/none")
+    assert broken.returncode == 0 and "cannot read the calibration" in broken.stderr
+    assert json.loads(broken.stdout)["faces"][0]["probability"] == p_plain
+
+
 def test_summary_counts_smiles_and_says_when_everyone_smiles():
     from types import SimpleNamespace as Face
 
