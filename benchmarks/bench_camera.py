@@ -57,7 +57,7 @@ def _small_jpeg(frame: Image.Image) -> bytes:
 def pick_photos(predictor, data: Path = DATA) -> dict[bool, Image.Image]:
     """The first test-split photos (in file order) whose one face the live path calls smiling with
     probability >= 0.9, and not smiling with <= 0.1, as the camera will show them."""
-    from smilekit.camera import LiveFaces
+    from smilekit.app.camera import LiveFaces
 
     live, chosen = LiveFaces(predictor), {}
     with open(data / "split.csv") as f:

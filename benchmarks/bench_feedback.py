@@ -27,7 +27,7 @@ def fill(store, target: int) -> None:
     """Add made-up verdicts until the table holds ``target`` rows (bulk insert, through the triggers)."""
     from sqlalchemy import func, insert, select
 
-    from smilekit.feedback import Verdict
+    from smilekit.store.feedback import Verdict
 
     with store.engine.connect() as conn:
         have = conn.execute(select(func.count(Verdict.id))).scalar_one()
@@ -66,8 +66,8 @@ def main(argv=None) -> int:
     parser.add_argument("--root", type=Path, default=ROOT, help="checkout whose smilekit is measured")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(args.root.resolve()))
-    from smilekit import feedback
-    from smilekit.feedback import FeedbackStore
+    from smilekit.store import feedback
+    from smilekit.store.feedback import FeedbackStore
 
     assert feedback.__file__.startswith(str(args.root.resolve())), feedback.__file__
 

@@ -217,7 +217,10 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(args.root.resolve()))
     import cv2
 
-    from smilekit import faces as faces_mod
+    try:
+        from smilekit.vision import faces as faces_mod
+    except ImportError:  # a checkout from before the package had subpackages
+        from smilekit import faces as faces_mod
     from smilekit.predict import Predictor
     from smilekit.runtime import set_threads
 

@@ -11,7 +11,7 @@ never the held-out collection's. Faces of that collection's train split are show
 them (the whole crop as one face, ``Predictor.predict(..., whole_image=True)``), and a click is written through
 ``FeedbackStore.record`` as a person who knows the true label would give it (Correct if the model was right,
 else Incorrect), with the crop shared. Clicks go on random faces, or (``--uncertain``) on the faces of the pool
-(``--pool`` faces) whose probability is nearest the threshold. Then ``smilekit.retrain.retrain`` (what
+(``--pool`` faces) whose probability is nearest the threshold. Then ``smilekit.learn.retrain.retrain`` (what
 ``smilekit retrain`` runs) fine-tunes on those clicks and applies the promotion rule; the benchmark scores the
 collection's ``--split`` through the same app path before and after. ``--wrong 0.1`` adds runs where 10 % of
 the clicks say the opposite (mistakes or abuse). Each run also reports what the calibration that ``retrain`` fits
@@ -51,10 +51,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from smilekit import evaluate, metrics, retrain  # noqa: E402
+from smilekit.learn import evaluate, metrics
+from smilekit import retrain  # noqa: E402
 from smilekit.calibration import Calibration  # noqa: E402
-from smilekit.data import select  # noqa: E402
-from smilekit.feedback import FeedbackStore  # noqa: E402
+from smilekit.learn.data import select  # noqa: E402
+from smilekit.store.feedback import FeedbackStore  # noqa: E402
 from smilekit.predict import Predictor  # noqa: E402
 
 LABEL_FILES = {"mtfl": "labels.csv", "fer2013": "labels.csv", "smilesmiled": "split.csv"}  # face crops, path / smiling / split

@@ -125,9 +125,9 @@ CHILD = r"""
 import gc, json, os, resource, sys, threading, time
 sys.path.insert(0, sys.argv[1])
 import psutil
-from smilekit.feedback import FeedbackStore
+from smilekit.store.feedback import FeedbackStore
 from smilekit.predict import Predictor
-from smilekit.ui import SmileApp
+from smilekit.app.ui import SmileApp
 import smilekit
 assert smilekit.__file__.startswith(sys.argv[1]), smilekit.__file__
 proc = psutil.Process()

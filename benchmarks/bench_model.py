@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from smilekit import data, evaluate, metrics
-from smilekit.evaluate import evaluate_photos
+from smilekit.learn import data, evaluate, metrics
+from smilekit.learn.evaluate import evaluate_photos
 from smilekit.predict import Predictor
 from smilekit.runtime import SHIPPED_MODEL, set_threads
 

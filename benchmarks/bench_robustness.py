@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from smilekit import data, render
-from smilekit.evaluate import evaluate_photos
+from smilekit.learn import data
+from smilekit.app import render
+from smilekit.learn.evaluate import evaluate_photos
 from smilekit.predict import Predictor
 from smilekit.runtime import SHIPPED_MODEL
 

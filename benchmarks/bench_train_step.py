@@ -2,7 +2,7 @@
 
 Each row builds the network, runs two warm-up steps, then times ``--steps``
 steps of forward, backward and optimiser on random 64x64 inputs, and prints the
-median. The augmentation of one batch (``smilekit.train.augment``) is timed
+median. The augmentation of one batch (``smilekit.learn.train.augment``) is timed
 apart: it runs before every step. Run it alone: a busy machine multiplies
 every figure (another job on the same cores is the usual cause of a slow row).
 
@@ -21,9 +21,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from smilekit.model import build_model
+from smilekit.learn.model import build_model
 from smilekit.runtime import INPUT_SIZE
-from smilekit.train import augment
+from smilekit.learn.train import augment
 
 DEFAULT_ROWS = ("smilenet", "smilenet:cl", "litenet:64", "litenet:64:cl", "litenet:96:cl", "litenet:112:cl")
 

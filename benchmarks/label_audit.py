@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from smilekit import evaluate
+from smilekit.learn import evaluate
 from smilekit.predict import Predictor
 
 CELL, COLUMNS, ROWS = 128, 8, 6

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .metrics import accuracy
 
 #: fewer verdicts than this are not enough to fit a calibration
 MIN_VERDICTS = 50
@@ -104,7 +103,10 @@ def cross_validated(probabilities, labels, threshold: float, folds: int = FOLDS,
         q = np.clip(q, 1e-7, 1 - 1e-7)
         return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
 
-    return {"accuracy_before": accuracy(y, p, threshold), "accuracy_after": accuracy(y, calibrated, threshold),
+    def accuracy(q):  # the answers at the app's threshold against the verdicts
+        return float(np.mean((q >= threshold) == (y > 0.5)))
+
+    return {"accuracy_before": accuracy(p), "accuracy_after": accuracy(calibrated),
             "log_loss_before": loss(p), "log_loss_after": loss(calibrated)}
 
 

@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 
-from .images import ImageError
+from .vision.images import ImageError
 
 
 def _predictor(args):
@@ -35,7 +35,7 @@ def _stored_calibration(db_url, model_version: str):
     from sqlalchemy.exc import SQLAlchemyError
 
     from . import settings
-    from .feedback import FeedbackStore, _sqlite_file
+    from .store.feedback import FeedbackStore, _sqlite_file
 
     url = db_url or settings.db_url()
     parsed = make_url(url)
@@ -84,8 +84,8 @@ def cmd_predict(args) -> int:
 
 def cmd_evaluate(args) -> int:
     """Figures for a ``smiling/`` + ``not_smiling/`` folder; photos without a detected face count as wrong."""
-    from .data import load_folder
-    from .evaluate import evaluate_photos
+    from .learn.data import load_folder
+    from .learn.evaluate import evaluate_photos
 
     samples = load_folder(args.folder, is_crop=args.crops)  # a wrong layout is reported before the model loads
     result = evaluate_photos(_predictor(args), samples, progress=not args.json)
@@ -98,10 +98,10 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .data import LOADERS
-    from .devices import DEVICES
-    from .model import ARCHITECTURES
-    from .train import TrainConfig, train
+    from .learn.data import LOADERS
+    from .learn.devices import DEVICES
+    from .learn.model import ARCHITECTURES
+    from .learn.train import TrainConfig, train
 
     checks = [("--datasets", d, LOADERS) for d in args.datasets or ()] + [("--arch", args.arch, ARCHITECTURES), ("--device", args.device, DEVICES)]
     for option, value, known in checks:
@@ -121,7 +121,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_train_frozen(args) -> int:
-    from .features import FeatureConfig, train_frozen
+    from .learn.features import FeatureConfig, train_frozen
 
     given = {key: getattr(args, key) for key in ("data_root", "input_px", "freeze_blocks", "augmented_copies", "epochs",
                                                  "draws_per_epoch", "lr", "seed", "limit", "out", "threads")
@@ -135,7 +135,7 @@ def cmd_train_frozen(args) -> int:
 
 def cmd_retrain(args) -> int:
     """Fine-tune on consented feedback; the last line printed is one JSON object with the outcome."""
-    from .retrain import RetrainConfig, retrain
+    from .learn.retrain import RetrainConfig, retrain
 
     given = {key: getattr(args, key) for key in ("db_url", "data_root", "model", "models_dir", "work_dir", "epochs", "limit",
                                                  "lr", "feedback_share", "distill", "click_noise", "threads",
@@ -163,7 +163,7 @@ def cmd_retrain(args) -> int:
 def _add_training_options(p: argparse.ArgumentParser) -> None:
     """The options ``train`` and ``train-frozen`` share: data, epochs, learning rate, seed, size and output."""
     p.add_argument("--data-root", help="folder with smilesmiled/, celeba-subset/, mtfl/, fer2013/ (default $SMILEKIT_DATA)")
-    p.add_argument("--datasets", nargs="+", help="datasets whose train splits are used (names as in smilekit.data.LOADERS)")
+    p.add_argument("--datasets", nargs="+", help="datasets whose train splits are used (names as in smilekit.learn.data.LOADERS)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("train", help="train a model on face data",
-                       description="Train a model; an option left out takes its default from smilekit.train.TrainConfig.")
+                       description="Train a model; an option left out takes its default from smilekit.learn.train.TrainConfig.")
     _add_training_options(p)
     p.add_argument("--arch", help="smilenet, litenet (EfficientNet-Lite0 from ImageNet weights) or seedcnn")
     p.add_argument("--width", type=int, help="SmileNet channels in its first stage (default: the architecture's)")
@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-frozen", help="train LiteNet's later blocks on cached outputs of its frozen ImageNet blocks",
                        description="Train LiteNet with its stem and first blocks frozen, on their outputs cached once per crop; "
-                                   "an option left out takes its default from smilekit.features.FeatureConfig.")
+                                   "an option left out takes its default from smilekit.learn.features.FeatureConfig.")
     _add_training_options(p)
     p.add_argument("--input-px", type=int, help="side the 64x64 crop is resized to for LiteNet")
     p.add_argument("--freeze-blocks", type=int, help="how many of the 16 blocks stay frozen (after the stem)")
@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Calibrate the current model on its verdicts (smilekit.calibration), "
                                    "fine-tune it on consented feedback, compare before / after on every "
                                    "test split under the data root, promote only if none drops by more than --max-drop "
-                                   "and --promote is given. Options left out take smilekit.retrain.RetrainConfig's defaults. "
+                                   "and --promote is given. Options left out take smilekit.learn.retrain.RetrainConfig's defaults. "
                                    "The last line printed is one JSON object.")
     p.add_argument("--db", dest="db_url", metavar="URL", help="feedback database (default the app's: $SMILEKIT_DB_URL or outputs/feedback.db)")
     p.add_argument("--data-root", help="face data folder (default $SMILEKIT_DATA)")

@@ -7,15 +7,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import faces
+from .vision import faces
 from .calibration import Calibration
-from .images import ImageError, load_image, load_photo
+from .vision.images import ImageError, load_image, load_photo
 from .runtime import (DEFAULT_THRESHOLD, INPUT_SIZE, ExportedModel, crops_to_array, decision_threshold, default_model_path,
                       probabilities)
 from .settings import UNSURE_BAND
 
-#: photos reduced for work (smilekit.images.WORK_MAX_SIDE) are also read up to this long side, to find and cut
-#: small faces. Val scenes of 4,000 x 3,000 px, faces 40 px wide, at smilekit.faces.SCORE_THRESHOLD: YuNet found
+#: photos reduced for work (smilekit.vision.images.WORK_MAX_SIDE) are also read up to this long side, to find and cut
+#: small faces. Val scenes of 4,000 x 3,000 px, faces 40 px wide, at smilekit.vision.faces.SCORE_THRESHOLD: YuNet found
 #: 112 of 114 at 3,072 px in colour (98 in grey), 113 at 3,584 px
 DETAIL_MAX_SIDE = 3584
 
@@ -85,7 +85,7 @@ class Predictor:
         else:
             import torch
 
-            from .model import fuse_for_inference, load_checkpoint, logits_of
+            from .learn.model import fuse_for_inference, load_checkpoint, logits_of
 
             self._torch_model, self.meta = load_checkpoint(self.model_path)
             fast_model = fuse_for_inference(self._torch_model)  # a folded copy; the original keeps its gradients
@@ -101,7 +101,7 @@ class Predictor:
         return self.calibration.served_version(self.meta["version"]) if self.calibration else self.meta["version"]
 
     def calibrate(self, calibration: Calibration | None) -> None:
-        """Use ``calibration`` (from :meth:`smilekit.feedback.FeedbackStore.calibration_for`; None: none) from now on."""
+        """Use ``calibration`` (from :meth:`smilekit.store.feedback.FeedbackStore.calibration_for`; None: none) from now on."""
         self.calibration = calibration
 
     def predict_proba(self, crops) -> np.ndarray:
@@ -113,7 +113,7 @@ class Predictor:
         """Every face in a photo (bytes, path or PIL image).
 
         With ``whole_image`` the photo is treated as one face (for when no face is
-        found, or for ready-made face crops). Raises :class:`smilekit.images.ImageError`
+        found, or for ready-made face crops). Raises :class:`smilekit.vision.images.ImageError`
         for files that are not usable images.
         """
         if whole_image:
@@ -161,7 +161,7 @@ class Predictor:
         """Where the model looked: |d logit / d pixel|, smoothed, scaled to [0, 1] (64 x 64)."""
         import torch
 
-        from .model import crops_to_tensor, load_checkpoint
+        from .learn.model import crops_to_tensor, load_checkpoint
 
         if self._torch_model is None:
             self._torch_model = load_checkpoint(self.model_path)[0]

@@ -1,6 +1,6 @@
 """Which model to use, and running it without torch.
 
-Every checkpoint (``*.pt``, see :mod:`smilekit.model`) is written with an ONNX
+Every checkpoint (``*.pt``, see :mod:`smilekit.learn.model`) is written with an ONNX
 export of its network beside it (``*.onnx``) and that export's metadata
 (``*.onnx.json``, including the checkpoint's sha256). The app classifies faces
 with OpenCV's DNN module on the export, so its kernels never import torch:
@@ -23,7 +23,7 @@ from . import settings
 
 INPUT_SIZE = 64
 LABELS = ("not_smiling", "smiling")
-PREPROCESSING = "face crop (smilekit.faces geometry), greyscale, 64x64 bilinear, [0,1]; per-image standardisation inside the model"
+PREPROCESSING = "face crop (smilekit.vision.faces geometry), greyscale, 64x64 bilinear, [0,1]; per-image standardisation inside the model"
 SHIPPED_MODEL = Path(__file__).parent / "weights" / "smilenet.pt"
 DEFAULT_THRESHOLD = settings.DEFAULT_THRESHOLD
 
@@ -83,15 +83,28 @@ def set_threads(threads: int) -> None:
         sys.modules["torch"].set_num_threads(threads)
 
 
-class ExportedModel:
-    """A checkpoint's ONNX export run by OpenCV: ``logits`` for N x 1 x 64 x 64 inputs in [0, 1]."""
+BACKENDS = ("opencv", "onnxruntime")
 
-    def __init__(self, onnx_path, meta: dict):
-        self.net = cv2.dnn.readNetFromONNX(str(onnx_path))
-        self.meta = meta
+
+class ExportedModel:
+    """A checkpoint's ONNX export run by OpenCV's DNN module or onnxruntime: ``logits`` for N x 1 x 64 x 64 inputs in [0, 1]."""
+
+    def __init__(self, onnx_path, meta: dict, backend: str = "opencv"):
+        if backend not in BACKENDS:
+            raise ValueError(f"Unknown ONNX runtime {backend!r}; choose one of {BACKENDS}")
+        self.meta, self.backend = meta, backend
+        if backend == "onnxruntime":
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = options.inter_op_num_threads = max(1, cv2.getNumThreads())
+            self.session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+            self.input_name = self.session.get_inputs()[0].name
+        else:
+            self.net = cv2.dnn.readNetFromONNX(str(onnx_path))
 
     @classmethod
-    def of_checkpoint(cls, checkpoint) -> ExportedModel | None:
+    def of_checkpoint(cls, checkpoint, backend: str = "opencv") -> ExportedModel | None:
         """The export of ``checkpoint`` if one was written for exactly this file, else None."""
         onnx_path, meta_path = export_paths(checkpoint)
         if not (onnx_path.is_file() and meta_path.is_file() and Path(checkpoint).is_file()):
@@ -99,11 +112,14 @@ class ExportedModel:
         meta = json.loads(meta_path.read_text())
         if meta.get("checkpoint_sha256") != file_sha256(checkpoint):
             return None  # the checkpoint was replaced after the export: do not trust it
-        return cls(onnx_path, meta)
+        return cls(onnx_path, meta, backend)
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        if self.backend == "onnxruntime":
+            return self.session.run(None, {self.input_name: x})[0]
+        self.net.setInput(x)
+        return self.net.forward()
 
     def logits(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        out = []
-        for start in range(0, len(x), batch_size):
-            self.net.setInput(standardize(x[start : start + batch_size]))
-            out.append(self.net.forward().reshape(-1))
+        out = [self._forward(standardize(x[start : start + batch_size])).reshape(-1) for start in range(0, len(x), batch_size)]
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)

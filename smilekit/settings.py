@@ -15,7 +15,7 @@ JupyterLab, the command line); ``SMILEKIT_MODELS_DIR`` is taken from the project
 | ``SMILEKIT_POOL_SIZE`` | preheated kernels the server keeps ready | 1 |
 | ``SMILEKIT_MAX_SESSIONS`` | live sessions before new visitors are asked to retry | from cores and memory |
 | ``SMILEKIT_MAX_STARTING`` | pages prepared at once before new visitors are asked to retry | 2 per core |
-| ``SMILEKIT_FORK_KERNELS`` | the server forks kernels from a preloaded process (``smilekit/forkkernel.py``) | on where ``os.fork`` exists |
+| ``SMILEKIT_FORK_KERNELS`` | the server forks kernels from a preloaded process (``smilekit/serve/forkkernel.py``) | on where ``os.fork`` exists |
 """
 from __future__ import annotations
 
@@ -79,10 +79,10 @@ def served_by_voila() -> bool:
     return "VOILA_BASE_URL" in os.environ
 
 
-#: live sessions a core carries (simultaneous page starts are what loads it; see README, Capacity)
+#: live sessions a core carries (simultaneous page starts are what loads it; see docs/serving.md)
 SESSIONS_PER_CORE = 10
 #: pages prepared at once per core: a visit cost about 1.2 CPU-seconds (kernel, imports, rendering) before kernels
-#: were forked from a preloaded process, about 0.5 since (README, Capacity); kept at 2 while measured on 2 shared cores
+#: were forked from a preloaded process, about 0.5 since (docs/serving.md); kept at 2 while measured on 2 shared cores
 STARTING_PER_CORE = 2
 #: memory kept for a session: about 125 MB at rest, up to about 280 MB while it handles the largest upload
 SESSION_MB = 300

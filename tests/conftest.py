@@ -74,7 +74,7 @@ def dev_model(request, tmp_path_factory) -> Path:
         return SHIPPED_MODEL
     path = tmp_path_factory.getbasetemp() / "tiny-model.pt"
     if not path.exists():
-        from smilekit.train import TrainConfig, train
+        from smilekit.learn.train import TrainConfig, train
 
         data_root = request.getfixturevalue("shared_data")  # skips when the face data is absent
         with pytest.MonkeyPatch.context() as mp:

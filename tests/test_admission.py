@@ -6,8 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
-from smilekit import admission
-from smilekit.admission import Sessions, busy_page
+from smilekit.serve import admission
+from smilekit.serve.admission import Sessions, busy_page
 
 
 class Kernels:

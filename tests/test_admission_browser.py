@@ -8,7 +8,7 @@ import pytest
 
 from conftest import VoilaServer, judge_one_face, kernel_process, open_app, page_kernel_id, upload
 
-from smilekit.admission import DISCONNECTED_S, RETRY_AFTER_S
+from smilekit.serve.admission import DISCONNECTED_S, RETRY_AFTER_S
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from smilekit.feedback import FeedbackStore
-from smilekit.ui import MAX_FILE_BYTES
+from smilekit.store.feedback import FeedbackStore
+from smilekit.app.ui import MAX_FILE_BYTES
 from conftest import COLLAGE_IDS, UI_TIMEOUT_MS, group_photo, make_collage, open_app, upload
 
 pytestmark = pytest.mark.browser

@@ -11,7 +11,7 @@ bench_learning = load_benchmark("bench_learning")
 
 @pytest.mark.parametrize("wrong", [0.0, 0.25])
 def test_clicks_carry_the_true_label_except_the_wrong_share(shared_data, model_path, tmp_path, wrong):
-    from smilekit.feedback import FeedbackStore
+    from smilekit.store.feedback import FeedbackStore
     from smilekit.predict import Predictor
 
     faces = bench_learning.read_collection(shared_data, "mtfl")["train"][:40]

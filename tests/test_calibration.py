@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import new_pg_database
-from smilekit import calibration, metrics, retrain
+from smilekit import calibration
+from smilekit.learn import metrics, retrain
 from smilekit.calibration import Calibration
-from smilekit.feedback import FeedbackStore
+from smilekit.store.feedback import FeedbackStore
 from smilekit.predict import Predictor
 
 
@@ -113,7 +114,7 @@ def test_retrain_stores_the_calibration_only_when_asked_and_leaves_out_disagreei
 
 
 def test_the_app_labels_with_the_calibration_in_force_and_files_verdicts_under_it(model_path, store, celeba_dir):
-    from smilekit import ui
+    from smilekit.app import ui
 
     predictor = Predictor(model_path)  # its own: the app changes the calibration of the predictor it is given
     photo = (celeba_dir / "img" / "0.jpg").read_bytes()

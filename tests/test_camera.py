@@ -8,8 +8,9 @@ import pytest
 from sqlalchemy import create_engine
 from PIL import Image
 
-from smilekit import camera, migrate, ui
-from smilekit.feedback import FeedbackStore
+from smilekit.app import camera, ui
+from smilekit.store import migrate
+from smilekit.store.feedback import FeedbackStore
 from smilekit.predict import Predictor
 
 from conftest import load_benchmark
@@ -107,7 +108,7 @@ def test_view_answers_frames_and_the_shutter_fires_once(predictor, frames, monke
 
 
 def test_meter_label_and_shutter_decide_with_the_models_own_threshold(predictor, frames, model_path, tmp_path):
-    from smilekit.model import load_checkpoint, save_checkpoint
+    from smilekit.learn.model import load_checkpoint, save_checkpoint
 
     p = camera.CameraView(on_capture=lambda data: None, predictor=predictor).handle_frame(1, frames[True])["faces"][0]["p"]
     model, meta = load_checkpoint(model_path)  # the same weights, deciding "smiling" only above this face's probability

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from smilekit.feedback import FeedbackStore
+from smilekit.store.feedback import FeedbackStore
 
 from conftest import CHROMIUM, CHROMIUM_ARGS, load_benchmark, open_app
 

@@ -52,7 +52,7 @@ def test_predict_applies_the_calibration_the_app_serves_and_names_it(model_path,
     import os
 
     from smilekit.calibration import Calibration
-    from smilekit.feedback import FeedbackStore
+    from smilekit.store.feedback import FeedbackStore
     from smilekit.predict import Predictor
 
     photo = celeba_dir / "img/0.jpg"
@@ -99,7 +99,7 @@ def _labelled_folder(root, samples, as_crops):
 
 
 def test_evaluate_photos_through_detection(model_path, celeba_dir, tmp_path):
-    from smilekit import data
+    from smilekit.learn import data
 
     samples = data.select(data.load_celeba_subset(celeba_dir), "test", 60)
     _labelled_folder(tmp_path, samples, as_crops=False)
@@ -112,7 +112,7 @@ def test_evaluate_photos_through_detection(model_path, celeba_dir, tmp_path):
 
 
 def test_evaluate_crops(model_path, smilesmiled_dir, tmp_path):
-    from smilekit import data
+    from smilekit.learn import data
 
     samples = data.select(data.load_smilesmiled(smilesmiled_dir), "test", 80)
     _labelled_folder(tmp_path, samples, as_crops=True)
@@ -131,7 +131,7 @@ def test_missing_model_is_a_clear_error(tmp_path, capsys):
 
 
 def test_train_command_writes_a_checkpoint(shared_data, tmp_path):
-    from smilekit.model import load_checkpoint
+    from smilekit.learn.model import load_checkpoint
 
     out = tmp_path / "cli-model.pt"
     code = cli.main(["train", "--data-root", str(shared_data), "--epochs", "1", "--limit", "40", "--batch-size", "32",
@@ -169,12 +169,12 @@ def test_predict_does_not_import_torch(model_path, celeba_dir):
 
 
 def test_evaluate_on_photos_does_not_import_torch(model_path, smilesmiled_dir, tmp_path):
-    from smilekit import data
+    from smilekit.learn import data
 
     _labelled_folder(tmp_path, data.select(data.load_smilesmiled(smilesmiled_dir), "test", 10), as_crops=True)
     result, imported = _imported("evaluate", tmp_path, "--crops", "--json")
     assert result.returncode == 0 and json.loads(result.stdout)["n"] == 10
-    assert "smilekit.evaluate" in imported and "torch" not in imported
+    assert "smilekit.learn.evaluate" in imported and "torch" not in imported
 
 
 def test_train_command_refuses_an_unknown_device(capsys):

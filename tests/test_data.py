@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from smilekit import data
+from smilekit.learn import data
 
 
 def test_smilesmiled_split_counts(smilesmiled_dir):

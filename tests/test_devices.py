@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from smilekit.devices import pick_device
-from smilekit.model import load_checkpoint
+from smilekit.learn.devices import pick_device
+from smilekit.learn.model import load_checkpoint
 
 
 def test_auto_picks_what_is_present_and_a_missing_device_is_a_clear_error():

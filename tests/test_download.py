@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from smilekit import data
+from smilekit.learn import data
 
 spec = importlib.util.spec_from_file_location("download", Path(__file__).parent.parent / "data" / "download.py")
 download = importlib.util.module_from_spec(spec)

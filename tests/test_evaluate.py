@@ -1,4 +1,4 @@
-"""smilekit.evaluate: checkpoints on face sets, tables, worst mistakes."""
+"""smilekit.learn.evaluate: checkpoints on face sets, tables, worst mistakes."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from smilekit import evaluate
-from smilekit.data import CONTEXT_SIZE
-from smilekit.model import SeedCNN, SmileNet, save_checkpoint
+from smilekit.learn import evaluate
+from smilekit.learn.data import CONTEXT_SIZE
+from smilekit.learn.model import SeedCNN, SmileNet, save_checkpoint
 from smilekit.predict import Predictor
 
 
@@ -104,7 +104,7 @@ def test_load_sets_on_real_test_splits(shared_data, tmp_path):
 
 
 def test_evaluate_photos_adds_prior_accuracy_and_gap_interval(celeba_dir):
-    from smilekit import data
+    from smilekit.learn import data
     from smilekit.predict import Predictor
 
     samples = data.select(data.load_celeba_subset(celeba_dir), "test", 80)
@@ -121,7 +121,7 @@ def test_evaluate_photos_adds_prior_accuracy_and_gap_interval(celeba_dir):
 def test_evaluate_photos_applies_the_transform_to_each_photo(celeba_dir):
     from PIL import Image
 
-    from smilekit import data
+    from smilekit.learn import data
     from smilekit.predict import Predictor
 
     samples = data.select(data.load_celeba_subset(celeba_dir), "test", 12)

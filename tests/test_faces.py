@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from smilekit import faces
+from smilekit.vision import faces
 
 
 def collage(paths, size=(900, 500)):
@@ -137,7 +137,7 @@ def test_a_box_without_landmarks_gets_them_where_yunet_puts_them():
 
 def test_model_crop_is_the_centre_of_the_training_context_crop(celeba_dir):
     """Prediction must cut exactly what training cuts (the context crop, then its centre)."""
-    from smilekit.data import CONTEXT_SIZE
+    from smilekit.learn.data import CONTEXT_SIZE
 
     photo = Image.open(celeba_dir / "img/0.jpg").convert("L")
     face = faces.detect_faces(photo)[0]

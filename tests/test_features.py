@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from smilekit import cli
-from smilekit.features import cached_outputs
-from smilekit.model import LiteNet, load_checkpoint
+from smilekit.learn.features import cached_outputs
+from smilekit.learn.model import LiteNet, load_checkpoint
 from smilekit.runtime import ExportedModel
 
 FREEZE = 14  # of 16 blocks: the rest is quick to train on a CPU

@@ -8,7 +8,7 @@ import threading
 import pytest
 from PIL import Image
 
-from smilekit.feedback import WRITE_DEADLINE_S, FeedbackStore, photo_hash
+from smilekit.store.feedback import WRITE_DEADLINE_S, FeedbackStore, photo_hash
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -260,7 +260,7 @@ def test_a_database_from_before_the_summary_is_counted_once(db_url):
 
 
 def test_sessions_disagreeing_with_a_confident_model_are_flagged(tmp_path):
-    from smilekit.feedback import disagreeing_sessions
+    from smilekit.store.feedback import disagreeing_sessions
 
     store = FeedbackStore(f"sqlite:///{tmp_path / 'fb.db'}")
     faces = iter(range(1000))

@@ -22,7 +22,7 @@ from PIL import Image
 from sqlalchemy import make_url
 
 from conftest import new_pg_database
-from smilekit.feedback import WRITE_DEADLINE_S, DatabaseBusy, DatabaseReadOnly, FeedbackStore, FeedbackWriteError
+from smilekit.store.feedback import WRITE_DEADLINE_S, DatabaseBusy, DatabaseReadOnly, FeedbackStore, FeedbackWriteError
 
 ROOT = Path(__file__).resolve().parent.parent
 #: a write must give up within the deadline; this much more is allowed for a loaded machine
@@ -160,7 +160,7 @@ def test_read_only_sqlite_uri(tmp_path):
 
 READ_ONLY_CHECK = """
 import json, sys, time
-from smilekit.feedback import FeedbackStore, FeedbackWriteError
+from smilekit.store.feedback import FeedbackStore, FeedbackWriteError
 store = FeedbackStore(sys.argv[1])
 out = {"count": store.stats()["count"]}
 for name, action in (("record", lambda: store.record(session_id="s1", photo_sha256="p" * 64, face_index=1, box=(1, 2, 3, 4),
@@ -315,7 +315,7 @@ def test_forgotten_crops_leave_no_bytes_in_postgresql_files(postgres_server):
 
 WRITER = """
 import sys
-from smilekit.feedback import FeedbackStore, FeedbackWriteError
+from smilekit.store.feedback import FeedbackStore, FeedbackWriteError
 store, n = FeedbackStore(sys.argv[1]), sys.argv[2]
 for face in range(10**9):
     try:

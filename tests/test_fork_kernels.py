@@ -1,4 +1,4 @@
-"""Kernels forked from the preloaded zygote (smilekit/forkkernel.py): they run code, are interrupted, restarted
+"""Kernels forked from the preloaded zygote (smilekit/serve/forkkernel.py): they run code, are interrupted, restarted
 and shut down as kernels started the usual way are, leave no process behind, and the usual way takes over
 when the zygote cannot start. The first tests drive jupyter_client's kernel manager as Voilà does; the last
 ones run the server as scripts/serve does."""
@@ -17,7 +17,8 @@ from jupyter_client.ioloop import AsyncIOLoopKernelManager as AsyncKernelManager
 from jupyter_client.provisioning import KernelProvisionerFactory
 
 from conftest import VoilaServer
-from smilekit import forkkernel, settings
+from smilekit.serve import forkkernel
+from smilekit import settings
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or not os.path.isdir("/proc"), reason="needs fork and /proc")
 
@@ -82,7 +83,7 @@ def test_a_forked_kernel_runs_code_is_interrupted_restarted_and_shut_down_withou
         assert psutil.Process(kernel_pid).ppid() == zygote_pid
         assert "ipykernel_launcher" in psutil.Process(kernel_pid).cmdline()  # found as a kernel by ps and the tests
 
-        found = await _run(client, "import os, sys", "(6 * 7, os.getsid(0) == os.getpid(), 'smilekit.ui' in sys.modules, os.getcwd())")
+        found = await _run(client, "import os, sys", "(6 * 7, os.getsid(0) == os.getpid(), 'smilekit.app.ui' in sys.modules, os.getcwd())")
         assert found == repr((42, True, True, os.getcwd()))  # its own session; the app already imported
 
         client.execute("import time; time.sleep(60)")
@@ -185,7 +186,7 @@ def test_fork_kernels_setting(monkeypatch):
 
 
 def _zygote_of(server: VoilaServer) -> psutil.Process | None:
-    return next((p for p in psutil.Process(server.proc.pid).children() if "smilekit.forkkernel" in p.cmdline()), None)
+    return next((p for p in psutil.Process(server.proc.pid).children() if "smilekit.serve.forkkernel" in p.cmdline()), None)
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import load_benchmark
-from smilekit import faces
+from smilekit.vision import faces
 from smilekit.predict import Predictor
 
 #: CelebA-subset photos (train split: any detected face will do) and the width each face gets in the group photo

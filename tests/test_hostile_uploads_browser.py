@@ -7,7 +7,7 @@ import pytest
 
 from conftest import UI_TIMEOUT_MS, open_app, upload
 from hostile_files import hostile_files
-from smilekit.ui import MAX_FILES_PER_UPLOAD
+from smilekit.app.ui import MAX_FILES_PER_UPLOAD
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

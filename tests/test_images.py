@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from smilekit import images
-from smilekit.images import MAX_PIXELS, REDUCE_FILTER, ImageError, load_image
+from smilekit.vision import images
+from smilekit.vision.images import MAX_PIXELS, REDUCE_FILTER, ImageError, load_image
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:

@@ -18,7 +18,7 @@ jupyter_client = pytest.importorskip("jupyter_client.manager")
 pytestmark = pytest.mark.slow
 
 APP_CODE = """
-from smilekit.ui import SmileApp
+from smilekit.app.ui import SmileApp
 app = SmileApp()
 app.widget
 """
@@ -109,7 +109,7 @@ def test_a_message_with_many_photos_is_cut_to_the_limit(kernel):
 
     from PIL import Image
 
-    from smilekit.ui import MAX_FILES_PER_UPLOAD
+    from smilekit.app.ui import MAX_FILES_PER_UPLOAD
 
     buf = BytesIO()
     Image.new("RGB", (40, 40), "grey").save(buf, format="PNG")

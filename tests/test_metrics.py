@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from smilekit import metrics
+from smilekit.learn import metrics
 
 
 def test_accuracy_balanced_accuracy_confusion():

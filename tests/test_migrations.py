@@ -14,8 +14,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
 from conftest import ROOT, new_pg_database
-from smilekit import migrate
-from smilekit.feedback import Base, FeedbackStore
+from smilekit.store import migrate
+from smilekit.store.feedback import Base, FeedbackStore
 
 #: main just before migrations came in: its FeedbackStore writes a database "as today's code does"
 LEGACY_COMMIT = "09dd077e961067dce851f081b9daae0e14f0e4f0"
@@ -23,7 +23,7 @@ LEGACY_COMMIT = "09dd077e961067dce851f081b9daae0e14f0e4f0"
 
 @pytest.fixture(scope="session")
 def legacy(tmp_path_factory):
-    """``smilekit.feedback`` (with its settings) as of LEGACY_COMMIT, importable as ``legacy_smilekit.feedback``."""
+    """``smilekit/feedback.py`` (with its settings) as of LEGACY_COMMIT, importable as ``legacy_smilekit.feedback``."""
     folder = tmp_path_factory.mktemp("legacy") / "legacy_smilekit"
     folder.mkdir()
     (folder / "__init__.py").write_text("")
@@ -184,7 +184,7 @@ def test_opening_an_up_to_date_database_does_not_load_alembic(tmp_path):
     """App kernels open a database that is already migrated: they skip Alembic's import (about 0.2 s)."""
     url = f"sqlite:///{tmp_path / 'feedback.db'}"
     FeedbackStore(url).close()
-    check = "import sys; from smilekit.feedback import FeedbackStore; FeedbackStore(sys.argv[1]).close(); print('alembic' in sys.modules)"
+    check = "import sys; from smilekit.store.feedback import FeedbackStore; FeedbackStore(sys.argv[1]).close(); print('alembic' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", check, url], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
 
@@ -194,7 +194,7 @@ def test_a_store_opening_a_database_another_writer_holds_waits_for_it(tmp_path):
     busy timeout a click has (SQLITE_BUSY_TIMEOUT_MS)."""
     import sqlite3
 
-    from smilekit.feedback import SQLITE_BUSY_TIMEOUT_MS
+    from smilekit.store.feedback import SQLITE_BUSY_TIMEOUT_MS
 
     path = tmp_path / "held.db"
     holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)

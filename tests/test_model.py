@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from smilekit import model as M
+from smilekit.learn import model as M
 from smilekit.runtime import SHIPPED_MODEL
 
 
@@ -65,7 +65,7 @@ def test_unknown_architecture_and_missing_checkpoint():
 
 
 def test_shipped_model_is_small_and_scores_well_on_real_test_faces(shared_data):
-    from smilekit import evaluate
+    from smilekit.learn import evaluate
 
     if not SHIPPED_MODEL.is_file():
         pytest.fail("the shipped model smilekit/weights/smilenet.pt is missing")

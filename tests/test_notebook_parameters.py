@@ -10,9 +10,10 @@ import pytest
 
 from conftest import ROOT
 
-from smilekit import evaluate, retrain, settings
+from smilekit.learn import evaluate, retrain
+from smilekit import settings
 from smilekit.runtime import SHIPPED_MODEL
-from smilekit.train import TrainConfig
+from smilekit.learn.train import TrainConfig
 
 
 def _dataclass_defaults(cls) -> dict:

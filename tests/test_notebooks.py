@@ -14,7 +14,7 @@ from conftest import ROOT
 
 papermill = pytest.importorskip("papermill")
 
-from smilekit import evaluate, metrics
+from smilekit.learn import evaluate, metrics
 
 NOTEBOOKS = ROOT / "notebooks"
 LIMIT = 60  # images per dataset and split: the same everywhere, so face crops are cut once per session
@@ -69,7 +69,7 @@ def trained(session_env, tmp_path_factory, shared_data):
 
 
 def test_train_notebook_writes_a_loadable_checkpoint_metrics_and_curves(trained, shared_data):
-    from smilekit.model import load_checkpoint
+    from smilekit.learn.model import load_checkpoint
 
     nb, checkpoint, folder = trained
     assert not errors(nb)
@@ -85,7 +85,7 @@ def test_train_notebook_writes_a_loadable_checkpoint_metrics_and_curves(trained,
 
 @pytest.mark.parametrize("with_baseline", [True, False])
 def test_evaluate_notebook_writes_metrics_and_figures(trained, tmp_path, shared_data, with_baseline):
-    from smilekit.model import SeedCNN, save_checkpoint
+    from smilekit.learn.model import SeedCNN, save_checkpoint
 
     _, checkpoint, _ = trained
     baseline = tmp_path / "seedcnn.pt"
@@ -116,8 +116,8 @@ def test_evaluate_notebook_writes_metrics_and_figures(trained, tmp_path, shared_
 @pytest.fixture
 def feedback_db(trained, tmp_path, celeba_dir):
     """A SQLite feedback database filled through FeedbackStore with real faces the model classified."""
-    from smilekit.data import load_celeba_subset, select
-    from smilekit.feedback import FeedbackStore, photo_hash
+    from smilekit.learn.data import load_celeba_subset, select
+    from smilekit.store.feedback import FeedbackStore, photo_hash
     from smilekit.predict import Predictor
 
     _, checkpoint, _ = trained
@@ -138,9 +138,9 @@ def feedback_db(trained, tmp_path, celeba_dir):
 
 @pytest.mark.parametrize("max_drop", [1.0, -1.0], ids=["promoted", "refused"])
 def test_feedback_notebook_fine_tunes_and_honours_the_promote_decision(feedback_db, tmp_path, shared_data, max_drop, monkeypatch):
-    from smilekit.model import load_checkpoint
+    from smilekit.learn.model import load_checkpoint
     from smilekit.runtime import default_model_path
-    from smilekit.retrain import should_promote
+    from smilekit.learn.retrain import should_promote
 
     url, checkpoint, version = feedback_db
     models = tmp_path / "models"
@@ -161,8 +161,8 @@ def test_feedback_notebook_fine_tunes_and_honours_the_promote_decision(feedback_
         assert len(promoted) == 1 and load_checkpoint(promoted[0])[1]["version"] == result["candidate_version"]
         monkeypatch.setenv("SMILEKIT_MODELS_DIR", str(models))
         assert default_model_path() == promoted[0]
-        from smilekit.feedback import FeedbackStore
-        from smilekit.ui import SmileApp
+        from smilekit.store.feedback import FeedbackStore
+        from smilekit.app.ui import SmileApp
 
         app = SmileApp(store=FeedbackStore(url))  # the app picks the promoted version with no code change
         assert app.predictor.version == result["candidate_version"]

@@ -1,4 +1,4 @@
-"""smilekit.plots and smilekit.explore: every figure helper draws from plain data."""
+"""smilekit.learn.plots and smilekit.learn.explore: every figure helper draws from plain data."""
 from __future__ import annotations
 
 import matplotlib
@@ -11,9 +11,9 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from smilekit import explore, metrics, plots
-from smilekit.data import Sample, load_celeba_subset, load_smilesmiled
-from smilekit.faces import Box
+from smilekit.learn import explore, metrics, plots
+from smilekit.learn.data import Sample, load_celeba_subset, load_smilesmiled
+from smilekit.vision.faces import Box
 
 
 @pytest.fixture(autouse=True)

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from smilekit.feedback import FeedbackStore
+from smilekit.store.feedback import FeedbackStore
 from smilekit.runtime import SHIPPED_MODEL, export_paths
 from conftest import ROOT, START_TIMEOUT_S, UI_TIMEOUT_MS, free_port, kernel_process, new_pg_database, open_app, page_kernel_id, upload
 
@@ -32,7 +32,7 @@ def next_model_version(source: Path, folder: Path) -> tuple[Path, str]:
     """A checkpoint (with its ONNX export) whose weights differ slightly from ``source``'s: a new model version."""
     import torch
 
-    from smilekit.model import load_checkpoint, save_checkpoint
+    from smilekit.learn.model import load_checkpoint, save_checkpoint
 
     model, meta = load_checkpoint(source)
     with torch.no_grad():
@@ -168,7 +168,7 @@ def _visit_both_replicas(replicas, browser, photo: Path, tmp_path: Path, opened:
     assert all(r[0]["model_version"] == old_version for r in rows.values())
 
     # a model promoted into the shared folder after the replicas started: open sessions use it at their next upload
-    from smilekit.retrain import promote
+    from smilekit.learn.retrain import promote
 
     checkpoint, new_version = next_model_version(SHIPPED_MODEL, tmp_path)
     promote(checkpoint, replicas.models)
@@ -194,8 +194,8 @@ def _visit_both_replicas(replicas, browser, photo: Path, tmp_path: Path, opened:
 def test_a_running_app_switches_to_a_promoted_model(tmp_path, monkeypatch, celeba_dir):
     """Without a browser: the app of a kernel started before a promotion labels its next upload with the new model,
     and its feedback rows carry the version that labelled each photo."""
-    from smilekit.retrain import promote
-    from smilekit.ui import SmileApp
+    from smilekit.learn.retrain import promote
+    from smilekit.app.ui import SmileApp
 
     models = tmp_path / "models"
     monkeypatch.setenv("SMILEKIT_MODELS_DIR", str(models))

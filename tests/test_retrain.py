@@ -1,4 +1,4 @@
-"""smilekit.retrain: feedback crops to training arrays, fine-tuning, the promote rule, promotion."""
+"""smilekit.learn.retrain: feedback crops to training arrays, fine-tuning, the promote rule, promotion."""
 from __future__ import annotations
 
 import json
@@ -12,13 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from smilekit import retrain
-from smilekit.data import CONTEXT_SIZE
-from smilekit.model import SmileNet, load_checkpoint, save_checkpoint
+from smilekit.learn import retrain
+from smilekit.learn.data import CONTEXT_SIZE
+from smilekit.learn.model import SmileNet, load_checkpoint, save_checkpoint
 from smilekit.predict import Predictor
 from smilekit.runtime import default_model_path
-from smilekit.train import balanced_weights, with_share
-from smilekit.model import center
+from smilekit.learn.train import balanced_weights, with_share
+from smilekit.learn.model import center
 
 
 def _summary(**accuracy):
@@ -159,7 +159,7 @@ def _feedback_db(tmp_path, smilesmiled_dir, consented: int, without_crop: int = 
     import csv
     import io
 
-    from smilekit.feedback import FeedbackStore
+    from smilekit.store.feedback import FeedbackStore
 
     with open(smilesmiled_dir / "split.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == "train"][: consented + without_crop]
@@ -178,7 +178,8 @@ def _feedback_db(tmp_path, smilesmiled_dir, consented: int, without_crop: int = 
 
 
 def test_retrain_command_fine_tunes_on_feedback_compares_and_promotes(shared_data, smilesmiled_dir, model_path, tmp_path, capsys):
-    from smilekit import cli, evaluate
+    from smilekit import cli
+from smilekit.learn import evaluate
 
     url = _feedback_db(tmp_path, smilesmiled_dir, consented=12)
     models, work = tmp_path / "models", tmp_path / "work"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from smilekit import model as M
+from smilekit.learn import model as M
 from smilekit import runtime as R
 from smilekit.predict import Predictor
 
@@ -25,15 +25,23 @@ def _net_with_batchnorm_statistics(arch: str) -> torch.nn.Module:
     return net
 
 
+@pytest.mark.parametrize("backend", R.BACKENDS)
 @pytest.mark.parametrize("arch", sorted(M.ARCHITECTURES))
-def test_export_gives_the_torch_logits(tmp_path, arch):
+def test_export_gives_the_torch_logits(tmp_path, arch, backend):
     net = _net_with_batchnorm_statistics(arch)
     M.save_checkpoint(tmp_path / "m.pt", net, arch, temperature=1.5)
-    exported = R.ExportedModel.of_checkpoint(tmp_path / "m.pt")
+    exported = R.ExportedModel.of_checkpoint(tmp_path / "m.pt", backend=backend)
     assert exported is not None and exported.meta["temperature"] == 1.5 and exported.meta["arch"] == arch
+    assert exported.backend == backend
     x = np.random.default_rng(0).random((300, 1, 64, 64), dtype=np.float32)  # more than one batch of 256
     np.testing.assert_allclose(exported.logits(x), M.logits_of(net, torch.from_numpy(x)), atol=1e-4)
     assert exported.logits(x[:0]).shape == (0,)
+
+
+def test_an_unknown_runtime_is_refused_by_name(tmp_path):
+    M.save_checkpoint(tmp_path / "m.pt", M.build_model("smilenet"), "smilenet")
+    with pytest.raises(ValueError, match="tensorrt"):
+        R.ExportedModel.of_checkpoint(tmp_path / "m.pt", backend="tensorrt")
 
 
 def test_predictor_runs_the_export_and_falls_back_to_torch_when_it_is_stale(tmp_path):
@@ -65,7 +73,7 @@ def test_the_shipped_model_has_a_current_export():
 
 
 def test_the_app_classifies_without_importing_torch():
-    code = ("import sys, numpy as np; from smilekit.ui import SmileApp; "
+    code = ("import sys, numpy as np; from smilekit.app.ui import SmileApp; "
             "app = SmileApp(); p = app.predictor.predict_proba([np.zeros((64, 64), np.uint8)]); "
             "print(app.predictor.runtime, 'torch' in sys.modules, p.shape)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

@@ -8,10 +8,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from smilekit import cli, evaluate, ui
-from smilekit.data import CONTEXT_SIZE
-from smilekit.feedback import FeedbackStore, Verdict
-from smilekit.model import load_checkpoint, save_checkpoint
+from smilekit import cli
+from smilekit.learn import evaluate
+from smilekit.app import ui
+from smilekit.learn.data import CONTEXT_SIZE
+from smilekit.store.feedback import FeedbackStore, Verdict
+from smilekit.learn.model import load_checkpoint, save_checkpoint
 from smilekit.predict import Predictor
 
 

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from smilekit import evaluate
-from smilekit.model import load_checkpoint
-from smilekit.model import center
-from smilekit.train import (TrainConfig, WeightAverage, augment, balanced_weights, click_trust, distillation_loss, draw_weights,
+from smilekit.learn import evaluate
+from smilekit.learn.model import load_checkpoint
+from smilekit.learn.model import center
+from smilekit.learn.train import (TrainConfig, WeightAverage, augment, balanced_weights, click_trust, distillation_loss, draw_weights,
                             erase, train)
 
 
@@ -129,7 +129,7 @@ def test_only_extra_draws_are_weighted_by_trust():
 
 @pytest.mark.slow
 def test_distillation_keeps_a_fine_tuned_model_nearer_the_base_on_the_original_data(shared_data, tmp_path):
-    from smilekit.model import SmileNet, logits_of, save_checkpoint
+    from smilekit.learn.model import SmileNet, logits_of, save_checkpoint
 
     base = tmp_path / "base.pt"
     torch.manual_seed(0)
@@ -170,7 +170,7 @@ def test_one_epoch_smoke_run_writes_a_usable_checkpoint(smoke_run):
 
 
 def test_resume_continues_from_the_last_epoch(shared_data, tmp_path, monkeypatch):
-    import smilekit.train as T
+    import smilekit.learn.train as T
 
     out = tmp_path / "m.pt"
     config = TrainConfig(data_root=str(shared_data), epochs=2, limit=60, batch_size=32, out=str(out), patience=5)

@@ -10,9 +10,9 @@ from datetime import datetime, timezone
 import pytest
 from PIL import Image
 
-from smilekit import render, ui
-from smilekit.faces import Box
-from smilekit.feedback import FeedbackStore, photo_hash
+from smilekit.app import render, ui
+from smilekit.vision.faces import Box
+from smilekit.store.feedback import FeedbackStore, photo_hash
 from smilekit.predict import Predictor
 
 from conftest import COLLAGE_IDS, group_photo, make_collage
@@ -410,7 +410,7 @@ def test_errors_and_warnings_stay_on_the_server(capsys):
 # -- a busy or read-only database is said plainly, and nothing clicked is lost ----------
 
 def test_busy_database_keeps_the_click_and_saves_it_later(app, store, collage_jpeg, monkeypatch):
-    from smilekit.feedback import DatabaseBusy
+    from smilekit.store.feedback import DatabaseBusy
 
     app.handle_upload([("group.jpg", collage_jpeg)])
     real_record = store.record
@@ -437,7 +437,7 @@ def test_busy_database_keeps_the_click_and_saves_it_later(app, store, collage_jp
 
 
 def test_read_only_database_says_so(app, store, face_jpeg, monkeypatch):
-    from smilekit.feedback import DatabaseReadOnly
+    from smilekit.store.feedback import DatabaseReadOnly
 
     app.handle_upload([("face.jpg", face_jpeg)])
 
@@ -451,7 +451,7 @@ def test_read_only_database_says_so(app, store, face_jpeg, monkeypatch):
 
 
 def test_withdrawn_consent_is_retried_until_the_crops_are_gone(app, store, face_jpeg, monkeypatch):
-    from smilekit.feedback import DatabaseBusy
+    from smilekit.store.feedback import DatabaseBusy
 
     app.handle_upload([("face.jpg", face_jpeg)])
     app.set_consent(True)
@@ -580,7 +580,7 @@ def test_few_faces_keep_the_larger_cards(app, collage_jpeg):
 
 
 def test_kept_verdicts_are_not_each_retried_while_the_database_stays_busy(app, store, collage_jpeg, monkeypatch):
-    from smilekit.feedback import DatabaseBusy
+    from smilekit.store.feedback import DatabaseBusy
 
     app.handle_upload([("group.jpg", collage_jpeg)])
     attempts = []

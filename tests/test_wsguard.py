@@ -19,8 +19,8 @@ from jupyter_server.services.kernels.connection.base import (
     serialize_msg_to_ws_v1,
 )
 
-from smilekit import wsguard
-from smilekit.wsguard import (
+from smilekit.serve import wsguard
+from smilekit.serve.wsguard import (
     V1_SUBPROTOCOL,
     GuardedKernelConnection,
     frame_is_valid,
@@ -202,7 +202,7 @@ def server(request, tmp_path_factory):
     model = dev_model(request, tmp_path_factory)
     served = VoilaServer(tmp_path_factory.mktemp("voila-state"), model)
     served.process = psutil.Process(served.proc.pid)  # scripts/serve execs Voilà: the server itself, not its kernels
-    assert "smilekit.server" in " ".join(served.process.cmdline())
+    assert "smilekit.serve.server" in " ".join(served.process.cmdline())
     with urllib.request.urlopen(served.url, timeout=60) as response:
         served.kernel_id = re.search(r'"kernelId": "([0-9a-f-]{36})"', response.read().decode()).group(1)
     yield served

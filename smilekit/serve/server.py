@@ -1,6 +1,6 @@
 """The app's web server: Voilà, with admission control in front of the page (``scripts/serve`` runs it).
 
-``python -m smilekit.server notebooks/app.ipynb [voila options]`` is ``voila`` with four differences:
+``python -m smilekit.serve.server notebooks/app.ipynb [voila options]`` is ``voila`` with four differences:
 the page's handler first asks ``admission.Sessions`` for a place (a busy page with HTTP 503 when there
 is none), the idle cull spares a kernel whose page is still loading, the preheated pool's size
 defaults to ``settings.pool_size()``, and kernels are forked from a preloaded process
@@ -21,8 +21,8 @@ from voila.app import Voila
 from voila.tornado.handler import TornadoVoilaHandler
 
 from smilekit import settings
-from smilekit.admission import Sessions, busy_page, retry_after
-from smilekit.forkkernel import use_forked_kernels
+from smilekit.serve.admission import Sessions, busy_page, retry_after
+from smilekit.serve.forkkernel import use_forked_kernels
 
 
 class _KernelIdRecorder:

@@ -1,6 +1,6 @@
 """Schema migrations of the feedback database (Alembic), run by ``FeedbackStore`` when it opens a database.
 
-The revisions live in ``smilekit/migrations/versions/`` and ship with the package; the first one is the
+The revisions live in ``smilekit/store/migrations/versions/`` and ship with the package; the first one is the
 schema as it was before migrations, and upgrades a database written then in place. A change to the
 schema is a new revision there (``down_revision`` = the previous one), never an edit of an old one, and
 ``HEAD`` below names it (a test checks). Upgrades take a lock first (SQLite ``BEGIN IMMEDIATE``, a

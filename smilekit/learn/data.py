@@ -15,9 +15,10 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import faces, settings
-from .faces import CONTEXT  # crops are cached with this much context around the model crop, for augmentation
-from .runtime import INPUT_SIZE
+from ..vision import faces
+from .. import settings
+from ..vision.faces import CONTEXT  # crops are cached with this much context around the model crop, for augmentation
+from ..runtime import INPUT_SIZE
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 CONTEXT_SIZE = int(round(INPUT_SIZE * CONTEXT))

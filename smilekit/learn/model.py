@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .runtime import INPUT_SIZE, LABELS, PREPROCESSING, crops_to_array, export_paths, file_sha256
+from ..runtime import INPUT_SIZE, LABELS, PREPROCESSING, crops_to_array, export_paths, file_sha256
 
 
 def _standardize(x: torch.Tensor) -> torch.Tensor:

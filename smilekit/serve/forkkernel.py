@@ -1,7 +1,7 @@
 """Kernels forked from a preloaded process instead of started from scratch (``SMILEKIT_FORK_KERNELS``).
 
 A kernel started the usual way is a new Python that imports ipykernel and then the app's libraries: about
-0.8 CPU-seconds of every visit. Here the server starts once a *zygote*, ``python -m smilekit.forkkernel
+0.8 CPU-seconds of every visit. Here the server starts once a *zygote*, ``python -m smilekit.serve.forkkernel
 SOCKET``, which imports all of that and then waits on a Unix socket; each kernel is a ``fork()`` of it, so it
 starts with everything imported and shares those memory pages with the zygote and every other kernel
 (copy-on-write).
@@ -45,7 +45,7 @@ from jupyter_client.provisioning import LocalProvisioner
 
 #: imported by the zygote, so every kernel has them: the kernel (its debugger support alone is 0.1 CPU-s, imported
 #: as the kernel starts), what the app's first cell imports and the database dialects it then loads
-PRELOAD = ("ipykernel.kernelapp", "ipykernel.debugger", "smilekit.ui", "sqlalchemy.dialects.sqlite",
+PRELOAD = ("ipykernel.kernelapp", "ipykernel.debugger", "smilekit.app.ui", "sqlalchemy.dialects.sqlite",
            "sqlalchemy.dialects.postgresql")  # a module:function entry would also call the function
 #: seconds a kernel launch waits for the zygote to be ready (its imports) before starting the usual way
 START_TIMEOUT_S = 120
@@ -129,7 +129,7 @@ def zygote(path: str, preload: list[str]) -> None:
         if function:  # e.g. a model file loaded once here is shared by every kernel
             getattr(loaded, function)()
     if _threads() > 1:
-        print(f"smilekit.forkkernel: the zygote runs {_threads()} threads; only one survives in a kernel",
+        print(f"smilekit.serve.forkkernel: the zygote runs {_threads()} threads; only one survives in a kernel",
               file=sys.stderr)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -275,7 +275,7 @@ class Zygote:
         # run from that empty folder: smilekit and the rest are found as a kernel finds them (PYTHONPATH, site);
         # its command line names no module (tools count kernels by "ipykernel" in theirs)
         padding = " " * COMMAND_ROOM  # room for each kernel's command line (_show_command)
-        self.proc = subprocess.Popen([sys.executable, "-m", "smilekit.forkkernel", self.path, padding],
+        self.proc = subprocess.Popen([sys.executable, "-m", "smilekit.serve.forkkernel", self.path, padding],
                                      stdin=subprocess.PIPE, env=env, cwd=folder)
         log.info("kernel zygote started (pid %d): kernels are forked from it (SMILEKIT_FORK_KERNELS)", self.proc.pid)
 

@@ -9,7 +9,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Polygon, Rectangle
 
-from . import faces, metrics
+from ..vision import faces
+from . import metrics
 
 
 def _figure(width: float, height: float) -> Figure:

@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import calibration, evaluate, settings
+from .. import calibration, settings
+from . import evaluate
 from .data import CONTEXT_SIZE, LOADERS, data_root as resolve_data_root
-from .feedback import FeedbackStore, disagreeing_sessions
+from ..store.feedback import FeedbackStore, disagreeing_sessions
 from .model import load_checkpoint
-from .runtime import INPUT_SIZE, decision_threshold, default_model_path, export_paths
+from ..runtime import INPUT_SIZE, decision_threshold, default_model_path, export_paths
 from .train import TrainConfig, train
 
 #: a new model is refused if any test split's accuracy drops by more than this (0.5 point)

@@ -21,12 +21,12 @@ import numpy as np
 import traitlets
 from PIL import Image
 
-from . import faces
-from .images import fitted_size
-from .predict import Predictor
-from .runtime import DEFAULT_THRESHOLD, INPUT_SIZE
+from ..vision import faces
+from ..vision.images import fitted_size
+from ..predict import Predictor
+from ..runtime import DEFAULT_THRESHOLD, INPUT_SIZE
 
-log = logging.getLogger("smilekit.ui")  # the app's logger: it writes to the server's log, never to the page
+log = logging.getLogger("smilekit.app.ui")  # the app's logger: it writes to the server's log, never to the page
 
 #: frames are read at most this wide (the page sends 320 px); detection and crops work at this size
 FRAME_MAX_SIDE = 320

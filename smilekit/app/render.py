@@ -1,7 +1,7 @@
 """Pictures and HTML for the app: boxed photos, face thumbnails, saliency overlays, the metrics panel.
 
 Plain functions of plain inputs (Pillow images, boxes, numbers) returning bytes or
-HTML strings, so the widget code in :mod:`smilekit.ui` only arranges them.
+HTML strings, so the widget code in :mod:`smilekit.app.ui` only arranges them.
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from . import faces
-from .calibration import split_version
+from ..vision import faces
+from ..calibration import split_version
 
 #: the boxed photo is shown at most (at least) this many pixels on its long side
 DISPLAY_MAX_SIDE = 900

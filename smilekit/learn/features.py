@@ -5,7 +5,7 @@ the stem and the first ``freeze_blocks`` blocks run once per crop (train crops
 also mirrored and in ``augmented_copies`` augmented versions), their outputs are
 cached on disk as float16, and only the later blocks and the head are trained,
 on the cache. Balancing, weight averaging, selection by mean validation balanced
-accuracy and temperature fitting are those of :mod:`smilekit.train`; the result
+accuracy and temperature fitting are those of :mod:`smilekit.learn.train`; the result
 is an ordinary ``litenet`` checkpoint with its ONNX export.
 """
 from __future__ import annotations
@@ -21,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import metrics, settings
+from . import metrics
+from .. import settings
 from .evaluate import write_json
 from .model import LiteNet, center, save_checkpoint
-from .runtime import probabilities
+from ..runtime import probabilities
 from .train import TrainConfig, WeightAverage, augment, balanced_weights, load_split_crops, seed_everything
 
 

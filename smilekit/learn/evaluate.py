@@ -16,7 +16,7 @@ import numpy as np
 
 from . import data as data_mod
 from . import metrics
-from .runtime import DEFAULT_THRESHOLD, decision_threshold, probabilities
+from ..runtime import DEFAULT_THRESHOLD, decision_threshold, probabilities
 
 TEST_DATASETS = ("smilesmiled", "celeba-subset", "mtfl", "fer2013")
 

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 #: the YuNet model file (OpenCV model zoo ``face_detection_yunet_2023mar``, MIT: ``LICENSE-yunet`` beside it)
-MODEL_FILE = Path(__file__).parent / "weights" / "face_detection_yunet_2023mar.onnx"
+MODEL_FILE = Path(__file__).parent.parent / "weights" / "face_detection_yunet_2023mar.onnx"
 #: faces scoring below this are dropped. Val scenes of 4,000 x 3,000 px searched at 3,072 px, 40 px faces:
 #: 112 of 114 found at 0.6, 113 at 0.5, 114 at 0.4, no false box in them or on 8 faceless photos at any of these;
 #: but on 40 collages of 4 CelebA train photos enlarged to 3,072 px (blurred), 0.5 added 17 boxes to the 160
@@ -284,7 +284,7 @@ def whole_image_box(image: Image.Image) -> Box:
 
 
 #: where the landmarks sit in a face crop when the detector finds none (fractions of the crop's side),
-#: per dataset: the median over that dataset's train crops where YuNet found the face (``smilekit.data``
+#: per dataset: the median over that dataset's train crops where YuNet found the face (``smilekit.learn.data``
 #: passes MTFL's and FER2013's). This default, used for SMILEsmileD and other crops, is a first guess at the
 #: template, not a measurement: SMILEsmileD's measured median is about [[0.266, 0.242], [0.762, 0.251],
 #: [0.49, 0.536], [0.302, 0.795], [0.705, 0.804]]; the shipped model's crops were cut with this default (where

@@ -22,7 +22,7 @@ from . import metrics
 from .devices import Workers, pick_device
 from .evaluate import write_json
 from .model import build_model, center, load_checkpoint, logits_of, save_checkpoint
-from .runtime import INPUT_SIZE, probabilities
+from ..runtime import INPUT_SIZE, probabilities
 
 
 @dataclass
@@ -197,7 +197,7 @@ def load_split_crops(config: TrainConfig, split: str, progress=True) -> dict:
 
 def faces_found(config: TrainConfig, split: str) -> dict:
     """{dataset: share of the split's faces the detector found} (the rest were cut at the dataset's median
-    landmarks); the crops come from :func:`smilekit.data.face_crops`' cache."""
+    landmarks); the crops come from :func:`smilekit.learn.data.face_crops`' cache."""
     found = {}
     for name in config.datasets:
         samples = data_mod.select(data_mod.load_dataset(name, config.data_root), split, config.limit)

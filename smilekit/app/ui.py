@@ -23,12 +23,14 @@ from PIL import Image
 from sqlalchemy.exc import SQLAlchemyError
 from traitlets import Dict
 
-from . import images, render, settings
+from ..vision import images
+from . import render
+from .. import settings
 from .camera import CameraView
-from .feedback import DatabaseBusy, FeedbackStore, FeedbackWriteError, photo_hash
-from .images import ImageError
-from .predict import FacePrediction, PhotoPrediction, Predictor
-from .runtime import default_model_path, set_threads
+from ..store.feedback import DatabaseBusy, FeedbackStore, FeedbackWriteError, photo_hash
+from ..vision.images import ImageError
+from ..predict import FacePrediction, PhotoPrediction, Predictor
+from ..runtime import default_model_path, set_threads
 
 #: the app's own limit per photo (phone photos are 2-12 MB)
 MAX_FILE_BYTES = 25 * 1024 * 1024

@@ -5,7 +5,7 @@ from collections import Counter
 
 from PIL import Image
 
-from . import faces
+from ..vision import faces
 from .data import Sample
 
 

@@ -2,7 +2,7 @@
 
 The engine comes from a URL (argument, else ``SMILEKIT_DB_URL``, else the SQLite
 file ``outputs/feedback.db``); the tables are declared below for queries, and created or changed
-only by migrations (``smilekit.migrate``, run on open; a test checks they agree). Each click is an
+only by migrations (``smilekit.store.migrate``, run on open; a test checks they agree). Each click is an
 upsert keyed on (session, photo, face, model version), so clicking again changes
 the verdict instead of adding a row. Face pixels are stored only with consent;
 the full photo never is.
@@ -50,7 +50,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, defer, mapped_column
 
-from . import calibration, migrate, settings
+from .. import calibration, settings
+from . import migrate
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +241,7 @@ class FeedbackStore:
                                    query={**self.engine.url.query, "immutable": "1", "uri": "true"})
 
     def _create_schema(self, read_only: bool = False) -> None:
-        """Bring the schema to the newest migration (``smilekit.migrate``); a database that cannot be written
+        """Bring the schema to the newest migration (``smilekit.store.migrate``); a database that cannot be written
         (``read_only``: opened as such after a first try) is read as it is if it has the feedback table."""
         try:
             self._upgrade()

@@ -1,0 +1,1 @@
+"""The feedback database: verdicts, calibrations and their schema migrations."""

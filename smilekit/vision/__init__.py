@@ -1,0 +1,1 @@
+"""Photos in, faces out: decoding any common image format (:mod:`.images`) and finding and cutting faces (:mod:`.faces`)."""
