@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from smilekit.learn import evaluate, metrics
-from smilekit import retrain  # noqa: E402
+from smilekit.learn import retrain  # noqa: E402
 from smilekit.calibration import Calibration  # noqa: E402
 from smilekit.learn.data import select  # noqa: E402
 from smilekit.store.feedback import FeedbackStore  # noqa: E402

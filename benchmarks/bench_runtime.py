@@ -49,7 +49,7 @@ def measure(checkpoint: Path, backend: str, repeats: int) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoints", nargs="*", default=[str(ROOT / "smilekit" / "weights" / "smilenet.pt")])
+    parser.add_argument("checkpoints", nargs="*", default=[str(ROOT / "smilekit" / "weights" / "model.pt")])
     parser.add_argument("--repeats", type=int, default=200)
     args = parser.parse_args(argv)
     print(f"{'checkpoint':<34} {'runtime':<12} {'1 face ms':>9} {'30 faces ms':>11} {'peak RSS MB':>11}  (1 thread)")

@@ -1,4 +1,4 @@
-"""Command line: ``smilekit predict``, ``smilekit evaluate``, ``smilekit train``, ``smilekit train-frozen``, ``smilekit retrain``.
+"""Command line: ``smilekit predict``, ``smilekit evaluate``, ``smilekit train``, ``smilekit retrain``.
 
 Modules that import torch are imported inside the subcommands that need them, so
 ``smilekit predict`` (which runs the ONNX export) starts without torch.
@@ -120,19 +120,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_train_frozen(args) -> int:
-    from .learn.features import FeatureConfig, train_frozen
-
-    given = {key: getattr(args, key) for key in ("data_root", "input_px", "freeze_blocks", "augmented_copies", "epochs",
-                                                 "draws_per_epoch", "lr", "seed", "limit", "out", "threads")
-             if getattr(args, key) is not None}  # the rest: FeatureConfig's defaults
-    if args.datasets:
-        given["datasets"] = tuple(args.datasets)
-    report = train_frozen(FeatureConfig(**given))
-    print(json.dumps({"version": report["version"], "val_score": report["val_score"], "val": report["val"]}, indent=2))
-    return 0
-
-
 def cmd_retrain(args) -> int:
     """Fine-tune on consented feedback; the last line printed is one JSON object with the outcome."""
     from .learn.retrain import RetrainConfig, retrain
@@ -161,7 +148,7 @@ def cmd_retrain(args) -> int:
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
-    """The options ``train`` and ``train-frozen`` share: data, epochs, learning rate, seed, size and output."""
+    """The training options: data, epochs, learning rate, seed, size and output."""
     p.add_argument("--data-root", help="folder with smilesmiled/, celeba-subset/, mtfl/, fer2013/ (default $SMILEKIT_DATA)")
     p.add_argument("--datasets", nargs="+", help="datasets whose train splits are used (names as in smilekit.learn.data.LOADERS)")
     p.add_argument("--epochs", type=int)
@@ -211,17 +198,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draws-per-epoch", type=int, help="faces drawn per epoch (default: the training set's size)")
     p.add_argument("--threads", type=int, help="CPU threads per process (default 2)")
     p.set_defaults(run=cmd_train, parser=p)
-
-    p = sub.add_parser("train-frozen", help="train LiteNet's later blocks on cached outputs of its frozen ImageNet blocks",
-                       description="Train LiteNet with its stem and first blocks frozen, on their outputs cached once per crop; "
-                                   "an option left out takes its default from smilekit.learn.features.FeatureConfig.")
-    _add_training_options(p)
-    p.add_argument("--input-px", type=int, help="side the 64x64 crop is resized to for LiteNet")
-    p.add_argument("--freeze-blocks", type=int, help="how many of the 16 blocks stay frozen (after the stem)")
-    p.add_argument("--augmented-copies", type=int, help="augmented copies of each train crop, besides the plain and mirrored ones")
-    p.add_argument("--draws-per-epoch", type=int)
-    p.add_argument("--threads", type=int, help="CPU threads (default 2)")
-    p.set_defaults(run=cmd_train_frozen)
 
     p = sub.add_parser("retrain", help="calibrate on verdicts, fine-tune on consented feedback; promote only if no test split drops",
                        description="Calibrate the current model on its verdicts (smilekit.calibration), "

@@ -3,8 +3,7 @@
 Every checkpoint (``*.pt``, see :mod:`smilekit.learn.model`) is written with an ONNX
 export of its network beside it (``*.onnx``) and that export's metadata
 (``*.onnx.json``, including the checkpoint's sha256). The app classifies faces
-with OpenCV's DNN module on the export, so its kernels never import torch:
-about 190 MB less memory per kernel, and about 1 ms per face on one core.
+with onnxruntime on the export, so its kernels never import torch: about 190 MB less memory per kernel.
 The per-image standardisation stays here in numpy (OpenCV 4.14's ONNX importer
 rejects the reductions it needs).
 """
@@ -24,7 +23,7 @@ from . import settings
 INPUT_SIZE = 64
 LABELS = ("not_smiling", "smiling")
 PREPROCESSING = "face crop (smilekit.vision.faces geometry), greyscale, 64x64 bilinear, [0,1]; per-image standardisation inside the model"
-SHIPPED_MODEL = Path(__file__).parent / "weights" / "smilenet.pt"
+SHIPPED_MODEL = Path(__file__).parent / "weights" / "model.pt"
 DEFAULT_THRESHOLD = settings.DEFAULT_THRESHOLD
 
 
@@ -76,35 +75,50 @@ def export_paths(checkpoint) -> tuple[Path, Path]:
     return onnx_path, onnx_path.with_name(onnx_path.name + ".json")
 
 
+_threads = {"inference": None}  # set_threads' value; None: OpenCV's default (every core)
+
+
 def set_threads(threads: int) -> None:
-    """CPU threads for inference (OpenCV, and torch if it is loaded)."""
+    """CPU threads for inference (OpenCV, onnxruntime, and torch if it is loaded)."""
     cv2.setNumThreads(threads)
+    _threads["inference"] = threads
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
 
 
-BACKENDS = ("opencv", "onnxruntime")
+#: runtimes for the ONNX exports. onnxruntime is the default: 1.9x (SmileNet) to 5.8x (LiteNet at 96 px) faster
+#: than OpenCV's DNN module per face on one thread, for about 30-40 MB more resident memory
+#: (``benchmarks/bench_runtime.py``)
+BACKENDS = ("onnxruntime", "opencv")
 
 
 class ExportedModel:
-    """A checkpoint's ONNX export run by OpenCV's DNN module or onnxruntime: ``logits`` for N x 1 x 64 x 64 inputs in [0, 1]."""
+    """A checkpoint's ONNX export run by onnxruntime or OpenCV's DNN module: ``logits`` for N x 1 x 64 x 64 inputs in [0, 1]."""
 
-    def __init__(self, onnx_path, meta: dict, backend: str = "opencv"):
+    def __init__(self, onnx_path, meta: dict, backend: str = BACKENDS[0]):
         if backend not in BACKENDS:
             raise ValueError(f"Unknown ONNX runtime {backend!r}; choose one of {BACKENDS}")
-        self.meta, self.backend = meta, backend
-        if backend == "onnxruntime":
+        self.meta, self.backend, self.onnx_path = meta, backend, str(onnx_path)
+        self.session, self.session_threads = None, None
+        if backend == "opencv":
+            self.net = cv2.dnn.readNetFromONNX(self.onnx_path)
+        else:
+            self._session()  # a broken file fails here, not at the first face
+
+    def _session(self):
+        """The onnxruntime session, rebuilt when :func:`set_threads` has changed the thread count since."""
+        threads = _threads["inference"] or max(1, cv2.getNumThreads())
+        if self.session is None or threads != self.session_threads:
             import onnxruntime
 
             options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = options.inter_op_num_threads = max(1, cv2.getNumThreads())
-            self.session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-            self.input_name = self.session.get_inputs()[0].name
-        else:
-            self.net = cv2.dnn.readNetFromONNX(str(onnx_path))
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+            self.session = onnxruntime.InferenceSession(self.onnx_path, options, providers=["CPUExecutionProvider"])
+            self.session_threads, self.input_name = threads, self.session.get_inputs()[0].name
+        return self.session
 
     @classmethod
-    def of_checkpoint(cls, checkpoint, backend: str = "opencv") -> ExportedModel | None:
+    def of_checkpoint(cls, checkpoint, backend: str = BACKENDS[0]) -> ExportedModel | None:
         """The export of ``checkpoint`` if one was written for exactly this file, else None."""
         onnx_path, meta_path = export_paths(checkpoint)
         if not (onnx_path.is_file() and meta_path.is_file() and Path(checkpoint).is_file()):
@@ -116,7 +130,7 @@ class ExportedModel:
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         if self.backend == "onnxruntime":
-            return self.session.run(None, {self.input_name: x})[0]
+            return self._session().run(None, {self.input_name: x})[0]
         self.net.setInput(x)
         return self.net.forward()
 

@@ -33,7 +33,7 @@ def notebook_parameters(name: str) -> dict:
 
 #: notebook -> (the defaults of the code each parameter feeds, parameters only the notebook has: where output goes, what is shown)
 CASES = {
-    "02-train.ipynb": (lambda: _dataclass_defaults(TrainConfig), {"figures_dir"}),
+    "02-train.ipynb": (lambda: _dataclass_defaults(TrainConfig), {"figures_dir", "input_px"}),
     "03-evaluate.ipynb": (lambda: {**{k: v for k, v in _defaults(evaluate.load_sets).items() if k in ("data_root", "limit")},
                                    "n_mistakes": _defaults(evaluate.worst_mistakes)["k"], "model": SHIPPED_MODEL},
                           {"baseline", "n_saliency", "metrics_out", "figures_dir"}),
@@ -62,4 +62,4 @@ def test_notebook_parameters_have_the_defaults_of_the_code(name):
 def test_the_comparison_catches_a_disagreement():
     assert not _same("outputs/smilenet.pt", TrainConfig.out)
     assert not _same(80.0, 80) and not _same(["celeba-subset"], ("smilesmiled", "celeba-subset"))
-    assert _same("smilekit/weights/smilenet.pt", SHIPPED_MODEL)
+    assert _same("smilekit/weights/model.pt", SHIPPED_MODEL)

@@ -179,7 +179,7 @@ def _feedback_db(tmp_path, smilesmiled_dir, consented: int, without_crop: int = 
 
 def test_retrain_command_fine_tunes_on_feedback_compares_and_promotes(shared_data, smilesmiled_dir, model_path, tmp_path, capsys):
     from smilekit import cli
-from smilekit.learn import evaluate
+    from smilekit.learn import evaluate
 
     url = _feedback_db(tmp_path, smilesmiled_dir, consented=12)
     models, work = tmp_path / "models", tmp_path / "work"

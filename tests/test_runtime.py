@@ -38,6 +38,19 @@ def test_export_gives_the_torch_logits(tmp_path, arch, backend):
     assert exported.logits(x[:0]).shape == (0,)
 
 
+def test_onnxruntime_follows_the_thread_count_set_after_loading(tmp_path):
+    M.save_checkpoint(tmp_path / "m.pt", M.build_model("smilenet"), "smilenet")
+    exported = R.ExportedModel.of_checkpoint(tmp_path / "m.pt", backend="onnxruntime")
+    x = np.random.default_rng(0).random((4, 1, 64, 64), dtype=np.float32)
+    try:
+        for threads in (1, 2):
+            R.set_threads(threads)
+            exported.logits(x)
+            assert exported.session_threads == threads
+    finally:
+        R.set_threads(2)
+
+
 def test_an_unknown_runtime_is_refused_by_name(tmp_path):
     M.save_checkpoint(tmp_path / "m.pt", M.build_model("smilenet"), "smilenet")
     with pytest.raises(ValueError, match="tensorrt"):
@@ -66,9 +79,9 @@ def test_predictor_runs_the_export_and_falls_back_to_torch_when_it_is_stale(tmp_
 
 def test_the_shipped_model_has_a_current_export():
     if not R.SHIPPED_MODEL.is_file():
-        pytest.fail("the shipped model smilekit/weights/smilenet.pt is missing")
+        pytest.fail("the shipped model smilekit/weights/model.pt is missing")
     exported = R.ExportedModel.of_checkpoint(R.SHIPPED_MODEL)
-    assert exported is not None, "smilekit/weights/smilenet.onnx is missing or older than smilenet.pt: re-export it"
+    assert exported is not None, "smilekit/weights/model.onnx is missing or older than model.pt: re-export it"
     assert exported.meta["version"] == M.load_checkpoint(R.SHIPPED_MODEL)[1]["version"]
 
 

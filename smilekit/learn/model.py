@@ -79,27 +79,14 @@ class _LiteBody(nn.Module):
         self.net, self.input_px = net, input_px
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.late(self.early(x, 0), 0)
-
-    def early(self, x: torch.Tensor, stop: int) -> torch.Tensor:
-        """The resized face through the stem and blocks ``[0, stop)``."""
         if self.input_px != INPUT_SIZE:  # a constant, so the network traces for BatchNorm folding and ONNX
             x = nn.functional.interpolate(x, size=(self.input_px, self.input_px), mode="bilinear", align_corners=False)
         net = self.net
-        return self.blocks(net._swish(net._bn0(net._conv_stem(x))), 0, stop)
-
-    def late(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """Blocks ``[start, end)`` and the 1280-channel head convolution."""
-        net = self.net
-        x = self.blocks(x, start, len(net._blocks))
+        x = net._swish(net._bn0(net._conv_stem(x)))
+        rate, count = net._global_params.drop_connect_rate, len(net._blocks)
+        for index, block in enumerate(net._blocks):  # the library's drop-connect rate grows with depth
+            x = block(x, drop_connect_rate=rate * index / count)
         return net._swish(net._bn1(net._conv_head(x)))
-
-    def blocks(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """Blocks ``[start, stop)``, with the library's drop-connect rate growing with depth."""
-        rate, count = self.net._global_params.drop_connect_rate, len(self.net._blocks)
-        for index in range(start, stop):
-            x = self.net._blocks[index](x, drop_connect_rate=rate * index / count)
-        return x
 
 
 class LiteNet(nn.Module):
@@ -129,14 +116,6 @@ class LiteNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(_standardize(x))).squeeze(1)
-
-    def frozen_part(self, x: torch.Tensor, blocks: int) -> torch.Tensor:
-        """N x 1 x 64 x 64 faces in [0, 1] through the stem and the first ``blocks`` blocks."""
-        return self.features.early(_standardize(x), blocks)
-
-    def from_frozen(self, h: torch.Tensor, blocks: int) -> torch.Tensor:
-        """Logits from the output of :meth:`frozen_part`: the remaining blocks and the head."""
-        return self.head(self.features.late(h, blocks)).squeeze(1)
 
 
 ARCHITECTURES = {"smilenet": SmileNet, "seedcnn": SeedCNN, "litenet": LiteNet}

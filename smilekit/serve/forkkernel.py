@@ -45,6 +45,7 @@ from jupyter_client.provisioning import LocalProvisioner
 
 #: imported by the zygote, so every kernel has them: the kernel (its debugger support alone is 0.1 CPU-s, imported
 #: as the kernel starts), what the app's first cell imports and the database dialects it then loads
+#: (not onnxruntime: importing it starts a thread, which a fork would lose; each kernel imports it itself)
 PRELOAD = ("ipykernel.kernelapp", "ipykernel.debugger", "smilekit.app.ui", "sqlalchemy.dialects.sqlite",
            "sqlalchemy.dialects.postgresql")  # a module:function entry would also call the function
 #: seconds a kernel launch waits for the zygote to be ready (its imports) before starting the usual way
