@@ -31,22 +31,13 @@ def _predictor(args):
 def _stored_calibration(db_url, model_version: str):
     """The calibration stored for ``model_version``, or None: no database yet (none is created), or one that
     cannot be read (a warning says so)."""
-    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
     from . import settings
-    from .store.feedback import FeedbackStore, _sqlite_file
+    from .store.feedback import stored_calibration
 
-    url = db_url or settings.db_url()
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and (path := _sqlite_file(parsed)) is not None and not path.is_file():
-        return None
     try:
-        store = FeedbackStore(url)
-        try:
-            return store.calibration_for(model_version)
-        finally:
-            store.close()
+        return stored_calibration(db_url or settings.db_url(), model_version)
     except (SQLAlchemyError, ImportError) as err:  # a server that does not answer, or its driver not installed
         print(f"warning: cannot read the calibration from the feedback database ({type(err).__name__}); "
               "probabilities are the model's own", file=sys.stderr)

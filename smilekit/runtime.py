@@ -75,13 +75,9 @@ def export_paths(checkpoint) -> tuple[Path, Path]:
     return onnx_path, onnx_path.with_name(onnx_path.name + ".json")
 
 
-_threads = {"inference": None}  # set_threads' value; None: OpenCV's default (every core)
-
-
 def set_threads(threads: int) -> None:
     """CPU threads for inference (OpenCV, onnxruntime, and torch if it is loaded)."""
-    cv2.setNumThreads(threads)
-    _threads["inference"] = threads
+    cv2.setNumThreads(threads)  # onnxruntime sessions read it back (ExportedModel._session)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
 
@@ -107,7 +103,7 @@ class ExportedModel:
 
     def _session(self):
         """The onnxruntime session, rebuilt when :func:`set_threads` has changed the thread count since."""
-        threads = _threads["inference"] or max(1, cv2.getNumThreads())
+        threads = max(1, cv2.getNumThreads())
         if self.session is None or threads != self.session_threads:
             import onnxruntime
 

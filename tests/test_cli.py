@@ -143,6 +143,16 @@ def test_train_command_writes_a_checkpoint(shared_data, tmp_path):
     assert report["config"]["datasets"] == ["smilesmiled"] and report["test"]["smilesmiled"]["n"] == 40
 
 
+def test_train_command_passes_litenets_input_size(shared_data, tmp_path):
+    from smilekit.learn.model import load_checkpoint
+
+    out = tmp_path / "lite.pt"
+    code = cli.main(["train", "--data-root", str(shared_data), "--arch", "litenet", "--input-px", "80", "--epochs", "1",
+                     "--limit", "20", "--batch-size", "16", "--draws-per-epoch", "32", "--datasets", "smilesmiled", "--out", str(out)])
+    model, meta = load_checkpoint(out)
+    assert code == 0 and meta["arch"] == "litenet" and meta["arch_kwargs"]["input_px"] == 80 and model.features.input_px == 80
+
+
 def test_train_command_bad_data_root_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["train", "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -525,6 +525,19 @@ class FeedbackStore:
         self.engine.dispose()
 
 
+def stored_calibration(url: str, model_version: str) -> "calibration.Calibration | None":
+    """The calibration in force for ``model_version`` in the database at ``url``, without creating one: None when
+    the URL names an SQLite file that does not exist yet. Errors of a database that does not answer propagate."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and (path := _sqlite_file(parsed)) is not None and not path.is_file():
+        return None
+    store = FeedbackStore(url)
+    try:
+        return store.calibration_for(model_version)
+    finally:
+        store.close()
+
+
 def disagreeing_sessions(rows: list[dict], confident: float = 0.9, factor: float = 3.0, min_share: float = 0.2,
                          min_clicks: int = 10) -> list[dict]:
     """Sessions whose clicks disagree with a confident model far more than the others' do (mistakes or abuse).
