@@ -13,6 +13,12 @@ def test_accuracy_balanced_accuracy_confusion():
     assert metrics.confusion_matrix(y, p).tolist() == [[1, 0], [1, 2]]
 
 
+def test_balanced_accuracy_of_a_one_class_set_is_its_recall_and_of_no_faces_nan():
+    assert metrics.balanced_accuracy([1, 1, 1, 1], [0.9, 0.8, 0.7, 0.2]) == 0.75
+    assert np.isnan(metrics.balanced_accuracy([], [])) and np.isnan(metrics.accuracy([], []))
+    assert metrics.confusion_matrix([0, 0], [0.1, 0.2]).tolist() == [[2, 0], [0, 0]]  # both classes' rows, always
+
+
 def test_roc_auc_with_ties_and_one_class():
     assert metrics.roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
     assert metrics.roc_auc([0, 1], [0.5, 0.5]) == 0.5

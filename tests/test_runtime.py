@@ -88,11 +88,11 @@ def test_the_shipped_model_has_a_current_export():
 def test_the_app_classifies_without_importing_torch():
     code = ("import sys, numpy as np; from smilekit.app.ui import SmileApp; "
             "app = SmileApp(); p = app.predictor.predict_proba([np.zeros((64, 64), np.uint8)]); "
-            "print(app.predictor.runtime, 'torch' in sys.modules, p.shape)")
+            "print(app.predictor.runtime, 'torch' in sys.modules, 'sklearn' in sys.modules, p.shape)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env=dict(os.environ, SMILEKIT_DB_URL="sqlite://"))
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["onnx", "False", "(1,)"]
+    assert out.stdout.split() == ["onnx", "False", "False", "(1,)"]  # nor scikit-learn (learning code only)
 
 
 def test_default_model_prefers_env_then_newest_promoted(tmp_path, monkeypatch):

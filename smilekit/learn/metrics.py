@@ -1,7 +1,17 @@
-"""Classification figures from labels and probabilities (plain numpy)."""
+"""Classification figures from labels and probabilities.
+
+Accuracy, the confusion matrix, balanced accuracy, ROC AUC and the ROC curve are
+scikit-learn's; this module fixes how probabilities become answers (``>= threshold``)
+and what a one-class set gives (nan), and adds what scikit-learn lacks: intervals,
+per-group figures, reliability, temperature and prior shift. The learning code
+imports it; the app's kernels do not (``tests/test_layout.py``).
+"""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+from sklearn import metrics as sk
 
 
 def correct(y_true, y_prob, threshold=0.5) -> np.ndarray:
@@ -9,58 +19,50 @@ def correct(y_true, y_prob, threshold=0.5) -> np.ndarray:
     return (np.asarray(y_prob) >= threshold) == np.asarray(y_true).astype(bool)
 
 
+def _answers(y_true, y_prob, threshold) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(y_true).astype(int), (np.asarray(y_prob) >= threshold).astype(int)
+
+
 def accuracy(y_true, y_prob, threshold=0.5) -> float:
-    return float(correct(y_true, y_prob, threshold).mean()) if len(y_true) else float("nan")
+    return float(sk.accuracy_score(*_answers(y_true, y_prob, threshold))) if len(y_true) else float("nan")
 
 
 def best_threshold(y_true, y_prob) -> float:
     """The threshold with the highest accuracy on these faces (cuts midway between probabilities; ties: nearest 0.5)."""
     probs = np.unique(y_prob)
     cuts = np.concatenate([[0.0], (probs[1:] + probs[:-1]) / 2, [np.nextafter(1.0, 2.0)]])
-    scores = np.array([accuracy(y_true, y_prob, cut) for cut in cuts])
+    scores = np.array([correct(y_true, y_prob, cut).mean() for cut in cuts])
     best = cuts[scores == scores.max()]
     return float(best[np.argmin(np.abs(best - 0.5))])
 
 
 def confusion_matrix(y_true, y_prob, threshold=0.5) -> np.ndarray:
     """2x2 counts, rows = true (not smiling, smiling), columns = predicted."""
-    y_true = np.asarray(y_true).astype(int)
-    y_pred = (np.asarray(y_prob) >= threshold).astype(int)
-    matrix = np.zeros((2, 2), dtype=int)
-    np.add.at(matrix, (y_true, y_pred), 1)
-    return matrix
+    return sk.confusion_matrix(*_answers(y_true, y_prob, threshold), labels=[0, 1])
 
 
 def balanced_accuracy(y_true, y_prob, threshold=0.5) -> float:
-    """Mean of the recall of each class present."""
-    matrix = confusion_matrix(y_true, y_prob, threshold)
-    recalls = [matrix[c, c] / matrix[c].sum() for c in (0, 1) if matrix[c].sum()]
-    return float(np.mean(recalls)) if recalls else float("nan")
+    """Mean of the recall of each class present (nan for no faces)."""
+    if not len(y_true):
+        return float("nan")
+    with warnings.catch_warnings():  # a one-class set: scikit-learn warns, then averages the class present
+        warnings.simplefilter("ignore", UserWarning)
+        return float(sk.balanced_accuracy_score(*_answers(y_true, y_prob, threshold)))
+
+
+def _both_classes(y_true) -> bool:
+    return len(np.unique(np.asarray(y_true).astype(bool))) == 2
 
 
 def roc_auc(y_true, y_prob) -> float:
-    """Area under the ROC curve (Mann-Whitney, ties counted half); nan with one class only."""
-    y_true, y_prob = np.asarray(y_true).astype(bool), np.asarray(y_prob, dtype=float)
-    pos, neg = y_prob[y_true], y_prob[~y_true]
-    if not len(pos) or not len(neg):
-        return float("nan")
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    ranks = np.empty(len(order))
-    values = np.concatenate([pos, neg])[order]
-    # average ranks over ties
-    _, first, counts = np.unique(values, return_index=True, return_counts=True)
-    avg = first + (counts - 1) / 2.0 + 1
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+    """Area under the ROC curve (ties counted half); nan with one class only."""
+    return float(sk.roc_auc_score(np.asarray(y_true).astype(int), y_prob)) if _both_classes(y_true) else float("nan")
 
 
 def roc_curve(y_true, y_prob):
-    """False and true positive rates over all thresholds (for plotting)."""
-    y_true, y_prob = np.asarray(y_true).astype(bool), np.asarray(y_prob, dtype=float)
-    order = np.argsort(-y_prob, kind="mergesort")
-    tp = np.concatenate([[0], np.cumsum(y_true[order])])
-    fp = np.concatenate([[0], np.cumsum(~y_true[order])])
-    return fp / max(1, (~y_true).sum()), tp / max(1, y_true.sum())
+    """False and true positive rates over the thresholds (for plotting)."""
+    fpr, tpr, _ = sk.roc_curve(np.asarray(y_true).astype(int), y_prob)
+    return fpr, tpr
 
 
 def summary(y_true, y_prob, threshold=0.5) -> dict:
