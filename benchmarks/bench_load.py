@@ -29,6 +29,7 @@ import asyncio
 import json
 import math
 import os
+import re
 import shutil
 import sqlite3
 import statistics
@@ -77,6 +78,7 @@ class Scenario:
     replicas: int = 1
     rate: float = 0.0
     duration_s: float = 0.0
+    variant: str = ""
     visits: list[Visit] = field(default_factory=list)
     cpu_s: float = 0.0
     server_cpu_s: float = 0.0
@@ -138,7 +140,11 @@ class LoadServer(VoilaServer):
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         mean = {key: statistics.mean(s[key] for s in sizes) if sizes else 0.0 for key in ("rss", "pss", "uss")}
-        return len(sizes), mean, self.process.memory_info().rss / 2**20
+        return len(sizes), mean, sum(p.memory_info().rss for p in self.voila_processes()) / 2**20
+
+    def voila_processes(self) -> list[psutil.Process]:
+        """The Voilà server process(es), which relay every page's websocket."""
+        return [self.process]
 
     def feedback_rows(self) -> int:
         with sqlite3.connect(self.db) as conn:
@@ -176,6 +182,34 @@ class ReplicaLoadServer(LoadServer):
                              ready_path="voila/static/voila.js", command=command, port=port)
         self.db = state / "feedback.db"
         self.process = psutil.Process(self.proc.pid)
+
+    def voila_processes(self) -> list[psutil.Process]:
+        found = []
+        for child in self.process.children():
+            try:
+                if "smilekit.serve.server" in " ".join(child.cmdline()):
+                    found.append(child)
+            except psutil.NoSuchProcess:
+                continue
+        return found
+
+    def cpu_split(self) -> tuple[float, float]:
+        """(the replicas' Voilà processes' own CPU seconds, the CPU seconds of everything else under the launcher:
+        kernels, zygotes, nginx, the launcher itself, ended processes included)."""
+        t = self.process.cpu_times()
+        voila, others = 0.0, t.user + t.system + t.children_user + t.children_system
+        servers = {p.pid for p in self.voila_processes()}
+        for child in self.process.children(recursive=True):
+            try:
+                c = child.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            if child.pid in servers:
+                voila += c.user + c.system
+                others += c.children_user + c.children_system
+            else:
+                others += c.user + c.system + c.children_user + c.children_system
+        return voila, others
 
 
 def nginx_available() -> bool:
@@ -449,7 +483,7 @@ def summary(s: Scenario) -> dict:
         if v.outcome != "served" and not still_told_to_retry(v):
             failures[v.outcome] = failures.get(v.outcome, 0) + 1
     row = {
-        "scenario": s.name, "root": s.root, "driver": s.driver, "replicas": s.replicas, "rate_per_s": s.rate,
+        "scenario": s.name, "root": s.root, "variant": s.variant, "driver": s.driver, "replicas": s.replicas, "rate_per_s": s.rate,
         "duration_s": s.duration_s, "visitors": s.visitors, "served": served,
         "busy": sum(still_told_to_retry(v) for v in s.visits), "told_to_retry": sum(v.busy_answers > 0 for v in s.visits),
         "busy_answers": sum(v.busy_answers for v in s.visits), "failed": failures,
@@ -473,12 +507,12 @@ def summary(s: Scenario) -> dict:
     return row
 
 
-def sustained_rate(rows: list[dict]) -> dict[tuple[str, int], float | None]:
-    """{(driver, replicas): the highest arrival rate that met the target (every visitor served, p95 <= 10 s)}."""
-    best: dict[tuple[str, int], float | None] = {}
+def sustained_rate(rows: list[dict]) -> dict[tuple, float | None]:
+    """{(driver, replicas, root, variant): the highest arrival rate that met the target (every visitor served, p95 <= 10 s)}."""
+    best: dict[tuple, float | None] = {}
     for r in rows:
         if r["rate_per_s"]:
-            key = (r["driver"], r["replicas"])
+            key = (r["driver"], r["replicas"], r["root"], r.get("variant", ""))
             met = r["rate_per_s"] if r["meets_target"] else None
             best[key] = max(filter(None, (best.get(key), met)), default=None)
     return best
@@ -491,7 +525,7 @@ def compared(rows: list[dict]) -> list[str]:
         if r["driver"] != "browser":
             continue
         for q in rows:
-            if q["driver"] == "protocol" and (q["scenario"], q["root"], q["replicas"]) == (r["scenario"], r["root"], r["replicas"]):
+            if q["driver"] == "protocol" and all(q.get(k) == r.get(k) for k in ("scenario", "root", "replicas", "variant")):
                 b, p = r["cpu_s_per_visit"], q["cpu_s_per_visit"]
                 ratio = p / b if b and p else None
                 lines.append(f"{r['scenario']}: server CPU-s per visit {b or 0:.2f} driven by Chromium, {p or 0:.2f} by the protocol "
@@ -520,7 +554,7 @@ def show(rows: list[dict]) -> None:
               f"{f(r.get('click_to_saved_p50_s'), '.2f'):>5}/{f(r.get('click_to_saved_p95_s'), '.2f')}/{f(r.get('click_to_saved_max_s'), '.2f'):<5} "
               f"{f(r['cpu_s_per_visit'], '.2f'):>11} {f(r.get('load_generator_cpu_s_per_visit'), '.2f'):>7} {f(r['pss_mb_per_session'], '.0f'):>7} "
               f"{('yes' if r['one_row_per_click'] else 'NO') + ' (' + str(r['db_rows']) + ')':>12}")
-        print(f"    {Path(r['root']).name}: CPU-s per visit {f(r['voila_process_cpu_s_per_visit'], '.2f')} in the voila process(es), the rest in "
+        print(f"    {Path(r['root']).name}{' with ' + r['variant'] if r.get('variant') else ''}: CPU-s per visit {f(r['voila_process_cpu_s_per_visit'], '.2f')} in the voila process(es), the rest in "
               f"kernels (and nginx); the load generator ({r['driver']}, same cores) used {f(r.get('load_generator_cpu_s'), '.1f')} CPU-s, "
               f"{f(100 * r['load_generator_share_of_server'] if r.get('load_generator_share_of_server') else None, '.0f')} % of the server's, "
               f"until the last visitor was done ({f(r['wall_s'])} s); first answer (app or busy page) within {f(r['first_answer_max_s'])} s "
@@ -553,6 +587,8 @@ def main() -> None:
     parser.add_argument("--roots", type=Path, nargs="+", default=[ROOT], help="checkouts to serve from, in turn (before / after)")
     parser.add_argument("--timeout", type=float, default=120, help="seconds a visitor waits at each step before it counts as failed")
     parser.add_argument("--env", nargs="*", default=[], metavar="NAME=VALUE", help="settings for the server (e.g. SMILEKIT_MAX_SESSIONS=20)")
+    parser.add_argument("--variants", nargs="+", default=[""], metavar="NAME=VALUE,...",
+                        help="server settings to compare, each scenario under each in turn ('' for the defaults)")
     parser.add_argument("--no-retry", action="store_true", help="a visitor told to retry gives up (counted as busy) instead of waiting")
     parser.add_argument("--quick", action="store_true", help="a small run: 3 visitors, 3 after 3 closed tabs, 60 s timeout")
     parser.add_argument("--out", type=Path, help="default outputs/metrics/load.json (load-protocol.json with --protocol, "
@@ -591,22 +627,24 @@ def main() -> None:
         for name, n, stale, rate in plan:
             for replicas in args.servers:
                 for driver_name in drivers:
-                    for root in args.roots:
+                    for root, variant in [(r, v) for r in args.roots for v in args.variants]:
                         root = root.resolve()
+                        server_env = {**env, **dict(item.split("=", 1) for item in variant.split(",") if item)}
                         driver_cm = BrowserVisitors() if driver_name == "browser" else ProtocolVisitors(assets[str(root)])
                         async with driver_cm as driver:
                             with tempfile.TemporaryDirectory(prefix="smilekit-load-") as tmp:
-                                server = (LoadServer(root, Path(tmp), env) if replicas == 1
-                                          else ReplicaLoadServer(root, Path(tmp), replicas, env))
+                                server = (LoadServer(root, Path(tmp), server_env) if replicas == 1
+                                          else ReplicaLoadServer(root, Path(tmp), replicas, server_env))
                                 scenario = Scenario(name=name, root=str(root), visitors=n, driver=driver_name, replicas=replicas,
-                                                    rate=rate, duration_s=args.duration if rate else 0.0)
+                                                    rate=rate, duration_s=args.duration if rate else 0.0, variant=variant)
                                 try:
-                                    server.wait_settled(pool=replicas)
+                                    server.wait_settled(pool=replicas * int(server_env.get("SMILEKIT_POOL_SIZE", 1)))
                                     await run_scenario(driver, server, scenario, stale, args.timeout, not args.no_retry)
                                 finally:
                                     server.close()
                                     if any(v.outcome not in ("served", "busy") for v in scenario.visits):  # keep what the server said
-                                        log = out.parent / f"load-{name.replace(' ', '-').replace('/', '-')}-{driver_name}-{replicas}-{root.name}.log"
+                                        label = "-".join([name, driver_name, str(replicas), root.name, variant])
+                                        log = out.parent / f"load-{re.sub('[^A-Za-z0-9_.=-]+', '-', label).strip('-')}.log"
                                         log.parent.mkdir(parents=True, exist_ok=True)
                                         log.write_bytes(server.log.read_bytes())
                                         print(f"server log kept: {log}")
@@ -616,15 +654,17 @@ def main() -> None:
 
     rows, assets = asyncio.run(run())
     show(rows)
-    for (driver_name, replicas), rate in sustained_rate(rows).items():
-        print(f"sustained arrivals ({driver_name}, {replicas} server{'s' if replicas > 1 else ''}): "
+    for (driver_name, replicas, root, variant), rate in sustained_rate(rows).items():
+        print(f"sustained arrivals ({driver_name}, {replicas} server{'s' if replicas > 1 else ''}, {Path(root).name}"
+              f"{', ' + variant if variant else ''}): "
               f"{'none of the rates tried' if rate is None else f'{rate:g} a second'} with every visitor served and p95 <= {TARGET_P95_S:.0f} s")
     for line in compared(rows):
         print(line)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"cpus": psutil.cpu_count(), "load_average": os.getloadavg(), "env": env, "drivers": drivers,
                                "assets": {root: len(found) if found is not None else None for root, found in assets.items()},
-                               "sustained_rate": {f"{d} x{n}": r for (d, n), r in sustained_rate(rows).items()},
+                               "sustained_rate": [{"driver": d, "replicas": n, "root": root, "variant": v, "rate_per_s": r}
+                                                  for (d, n, root, v), r in sustained_rate(rows).items()],
                                "comparison": compared(rows),
                                "note": ("server and load generator share the same cores (and other work: see load_average); CPU "
                                         "counts every process under the server, ended ones included; the kernel zygote's one-time "

@@ -10,7 +10,8 @@ What the page does, and what ``ProtocolVisitor`` does in the same order:
 3. ``GET /api/kernels/<id>``;
 4. a websocket to ``/api/kernels/<id>/channels?session_id=<uuid>`` on the ``v1.kernel.websocket.jupyter.org``
    subprotocol (what JupyterLab's services, so Voilà's page, ask for and jupyter_server prefers), every message a
-   binary frame (``encode_v1`` / ``decode_v1``);
+   binary frame (``encode_v1`` / ``decode_v1``); from then on, as the app's template does, ``GET /api/kernels/<id>``
+   every ``HEARTBEAT_S`` until the page is closed;
 5. ``kernel_info_request``;
 6. ``comm_open`` on ``jupyter.widget.control`` and ``comm_msg {method: request_states}``: the kernel answers
    ``update_states`` with every widget's state (the page is ready), and the control comm is closed.
@@ -45,6 +46,8 @@ CONTROL_PROTOCOL_VERSION = "1.0.0"
 CONNECTIONS_PER_PAGE = 6
 #: the busy page's Retry-After when it gives none (smilekit.serve.admission.RETRY_AFTER_S)
 DEFAULT_RETRY_AFTER_S = 5
+#: the page's template checks its kernel this often while the page is open (connection-watch.js, HEARTBEAT_MS)
+HEARTBEAT_S = 5
 
 
 class BusyAnswer(Exception):
@@ -196,6 +199,7 @@ class ProtocolVisitor:
         self.widgets = WidgetStates()
         self.received = 0  # kernel messages read
         self.first_answer_at: float | None = None  # when the last page request's status line arrived
+        self._heartbeat: asyncio.Future | None = None
 
     # -- HTTP -----------------------------------------------------------------------------------------------
 
@@ -272,6 +276,16 @@ class ProtocolVisitor:
             raise StepFailed("websocket", f"{type(error).__name__}: {error}") from None
         if self.ws.selected_subprotocol != V1_SUBPROTOCOL:
             raise StepFailed("websocket", f"the server chose subprotocol {self.ws.selected_subprotocol!r}")
+        self._heartbeat = asyncio.ensure_future(self._check_kernel_now_and_then())
+
+    async def _check_kernel_now_and_then(self) -> None:
+        """What the page's connection watch does while the page is open: ask for its kernel every HEARTBEAT_S."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            try:
+                await self._get(f"{self.url}api/kernels/{self.kernel_id}", "heartbeat")
+            except StepFailed:  # the page would show "Connection lost"; the visit's own steps report failures
+                pass
 
     def _header(self, msg_type: str) -> dict:
         return {"msg_id": uuid.uuid4().hex, "msg_type": msg_type, "username": "", "session": self.session,
@@ -390,7 +404,10 @@ class ProtocolVisitor:
             raise StepFailed("click", "the card does not say 'Saved: correct'")
 
     def close(self) -> None:
-        """The tab closed: its websocket goes."""
+        """The tab closed: its websocket goes, and its checks of the kernel stop."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
         if self.ws is not None:
             self.ws.close()
             self.ws = None
