@@ -13,7 +13,17 @@ server is first left to settle).
 
 Scenarios, each on a freshly started server with its own temporary SQLite database:
   ``N at once``                 N visitors at the same moment;
-  ``N after N closed tabs``     N pages opened (until ready) and closed, then N visitors at once.
+  ``N after N closed tabs``     N pages opened (until ready) and closed, then N visitors at once;
+  ``R/s for D s``               R new visitors a second for D seconds, each closing its page once its click is saved.
+
+Two visitor drivers run the same scenarios: headless Chromium (default), or with ``--protocol`` an asyncio client
+of the kernel protocol (``kernel_client.py``: the page's own requests and websocket messages, at a small fraction
+of the server's CPU, where Chromium costs several times it). ``--compare N`` runs N at once with each and compares
+the server's CPU-s per visit and the rows; ``--servers 2`` serves through ``scripts/serve-replicas``; ``--variants``
+compares server settings back to back in one run.
+
+    .venv/bin/python benchmarks/bench_load.py --protocol --visitors 20 40 --stale 20 --rates 1 2 4 --servers 1 2
+    .venv/bin/python benchmarks/bench_load.py --compare 5
 
     .venv/bin/python benchmarks/bench_load.py [--visitors 10 20 40] [--stale 20] [--quick]
     .venv/bin/python benchmarks/bench_load.py --roots /tmp/before . --visitors 10   # before / after, back to back
