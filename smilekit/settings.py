@@ -14,7 +14,8 @@ JupyterLab, the command line); ``SMILEKIT_MODELS_DIR`` is taken from the project
 | ``SMILEKIT_THREADS`` | inference threads per app kernel | 1 |
 | ``SMILEKIT_POOL_SIZE`` | preheated kernels the server keeps ready | 1 |
 | ``SMILEKIT_MAX_SESSIONS`` | live sessions before new visitors are asked to retry | from cores and memory |
-| ``SMILEKIT_MAX_STARTING`` | pages prepared at once before new visitors are asked to retry | 2 per core |
+| ``SMILEKIT_MAX_STARTING`` | pages prepared at once before new visitors are asked to retry | 4 per core |
+| ``SMILEKIT_RETRY_AFTER`` | seconds after which the busy page loads the app again, plus up to as many at random | 2 |
 | ``SMILEKIT_FORK_KERNELS`` | the server forks kernels from a preloaded process (``smilekit/serve/forkkernel.py``) | on where ``os.fork`` exists |
 """
 from __future__ import annotations
@@ -81,9 +82,13 @@ def served_by_voila() -> bool:
 
 #: live sessions a core carries (simultaneous page starts are what loads it; see docs/serving.md)
 SESSIONS_PER_CORE = 10
-#: pages prepared at once per core: a visit cost about 1.2 CPU-seconds (kernel, imports, rendering) before kernels
-#: were forked from a preloaded process, about 0.5 since (docs/serving.md); kept at 2 while measured on 2 shared cores
-STARTING_PER_CORE = 2
+#: pages prepared at once per core: with forked kernels a visit costs the server about 0.3-0.4 CPU-seconds; 4 a core
+#: with a 2 s retry served 20 visitors at once with page ready p95 5.2 s, against 10.7 s with 2 a core and a 5 s retry
+#: (benchmarks/bench_load.py --protocol, docs/serving.md)
+STARTING_PER_CORE = 4
+#: the busy page loads the app again after this many seconds, plus up to as many again at random (5 before the
+#: protocol-driven load test showed the wait itself made most of page ready's p95 for a crowd)
+RETRY_AFTER_S = 2
 #: memory kept for a session: about 125 MB at rest, up to about 280 MB while it handles the largest upload
 SESSION_MB = 300
 #: memory kept for the server, the database and the system
@@ -111,6 +116,11 @@ def max_starting() -> int:
     by default ``STARTING_PER_CORE`` per core, so that a crowd arriving together is served a few at a time
     instead of every page waiting for all the others."""
     return max(1, int(os.environ.get("SMILEKIT_MAX_STARTING") or STARTING_PER_CORE * _cores()))
+
+
+def retry_after_s() -> int:
+    """Seconds after which the busy page loads the app again, before the random spread (``SMILEKIT_RETRY_AFTER``)."""
+    return max(1, int(os.environ.get("SMILEKIT_RETRY_AFTER") or RETRY_AFTER_S))
 
 
 def max_sessions() -> int:

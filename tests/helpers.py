@@ -66,14 +66,15 @@ class VoilaServer:
     ``model`` None serves the app's default model. ``env`` adds or overrides settings (for example
     ``SMILEKIT_DB_URL`` or ``SMILEKIT_PREHEAT``). ``root``: the checkout whose ``scripts/serve`` and package
     run (another tree's, to compare versions). ``ready_path``: what must answer 200 before the server counts as
-    started (the app's page by default, which takes a kernel; a static file takes none). Raises RuntimeError if
-    it does not start. ``url``, ``db_url``, ``log`` (the server's output file) and ``proc`` (the process group
+    started (the app's page by default, which takes a kernel; a static file takes none). ``command``: what to run
+    instead of ``scripts/serve`` (``scripts/serve-replicas`` with its options, say), listening on ``port`` (default a
+    free one). Raises RuntimeError if it does not start. ``url``, ``db_url``, ``log`` (the server's output file) and ``proc`` (the process group
     leader) are public.
     """
 
     def __init__(self, state: Path, model: Path | None, env: dict[str, str] | None = None, root: Path = ROOT,
-                 ready_path: str = ""):
-        self.port = free_port()
+                 ready_path: str = "", command: list[str] | None = None, port: int | None = None):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.db_url = f"sqlite:///{state / 'feedback.db'}"
         full_env = dict(os.environ, SMILEKIT_PORT=str(self.port), SMILEKIT_DB_URL=self.db_url,
@@ -89,7 +90,7 @@ class VoilaServer:
         self.db_url = full_env["SMILEKIT_DB_URL"]
         self.log = state / "voila.log"
         self._log_file = self.log.open("wb")
-        self.proc = subprocess.Popen([str(root / "scripts" / "serve")], cwd=root, env=full_env, stdout=self._log_file,
+        self.proc = subprocess.Popen(command or [str(root / "scripts" / "serve")], cwd=root, env=full_env, stdout=self._log_file,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:

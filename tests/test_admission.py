@@ -90,6 +90,12 @@ def test_the_busy_page_says_so_and_tries_again_by_itself():
     assert admission.RETRY_AFTER_S <= admission.retry_after() <= 2 * admission.RETRY_AFTER_S
 
 
+def test_the_wait_before_the_busy_page_tries_again_is_a_setting(monkeypatch):
+    monkeypatch.setenv("SMILEKIT_RETRY_AFTER", "2")
+    waits = {admission.retry_after() for _ in range(200)}
+    assert waits <= {2, 3, 4} and len(waits) > 1  # spread, so a crowd does not come back at once
+
+
 def test_while_enough_pages_are_being_prepared_the_next_visitor_is_asked_to_retry():
     kernels, sessions = Kernels(), Sessions(limit=10, max_starting=2)
     assert _admit(sessions, kernels) and _admit(sessions, kernels)

@@ -3,7 +3,7 @@
 Voilà starts one kernel per visitor. ``Sessions`` counts the kernels handed to visitors (pages being
 prepared included; preheated kernels waiting in the pool are not sessions). Above the limit
 (``settings.max_sessions``), or while ``settings.max_starting`` pages are being prepared, a new visitor
-gets ``busy_page`` at once, with HTTP 503 and Retry-After, instead of waiting for a kernel the machine
+gets ``busy_page`` at once, with HTTP 503 and Retry-After (``settings.retry_after_s``), instead of waiting for a kernel the machine
 cannot give yet; the page tries again by itself, so a crowd is served a few at a time. At the limit, the kernel of a closed page is
 shut down to make room first, so tabs closed a moment ago do not turn newcomers away: a page whose
 websocket was connected and has been gone for ``DISCONNECTED_S`` (``watch`` looks every second), or one
@@ -19,14 +19,16 @@ import random
 import time
 from datetime import datetime, timezone
 
+from smilekit import settings
+
 log = logging.getLogger(__name__)
 
 #: a page handed its kernel this long ago that has never connected is taken for closed (not loading)
 PAGE_LOAD_S = 90.0
 #: a visitor's kernel whose page was connected and has had none for this long belongs to a closed page
 DISCONNECTED_S = 3.0
-#: the busy page asks the browser to try again after this many seconds, plus up to as many again at random
-RETRY_AFTER_S = 5
+#: the busy page asks the browser to try again after this many seconds (by default), plus up to as many again at random
+RETRY_AFTER_S = settings.RETRY_AFTER_S
 
 
 class Sessions:
@@ -119,7 +121,8 @@ class Sessions:
 
 def retry_after() -> int:
     """Seconds a turned-away visitor should wait, spread so that a crowd does not come back at once."""
-    return RETRY_AFTER_S + random.randint(0, RETRY_AFTER_S)
+    base = settings.retry_after_s()
+    return base + random.randint(0, base)
 
 
 def busy_page(seconds: int) -> str:
