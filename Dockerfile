@@ -1,10 +1,24 @@
 # SmileKit app image: the same two steps as the README (scripts/setup, then scripts/serve).
 #   docker build -t smilekit . && docker run -p 8080:8080 -v smilekit-data:/data smilekit
-FROM python:3.11-slim-bookworm
+# The app image serves with onnxruntime and has no torch (about 0.6 GB); the full image adds the "learn" extra
+# (torch, for the saliency view and for training inside the container):
+#   docker build --build-arg SMILEKIT_EXTRAS=learn,postgres -t smilekit-full .
+# Build arguments for machines that cannot reach the defaults (scripts/container build sets them; docs/serving.md):
+#   BASE_IMAGE           a Debian-like image with Python >= 3.10 and python3-venv (default the official slim Python)
+#   PIP_EXTRA_INDEX_URL  the PyTorch CPU index by default (PyPI's Linux torch is a CUDA build of several GB); empty
+#                        for none: pip would otherwise retry an unreachable index for every package
+#   PIP_FIND_LINKS       wheels to install from: a URL, or a folder mounted into the build (podman build -v)
+#   PIP_INDEX_URL        another package index
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
 
-# PyPI's Linux torch is a CUDA build of several GB: the CPU index gives the same version as a small CPU wheel
-ENV PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu \
-    PIP_NO_CACHE_DIR=1 \
+ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG PIP_FIND_LINKS=
+ARG PIP_INDEX_URL=https://pypi.org/simple
+# with the PostgreSQL driver: replicas share one PostgreSQL (docker-compose.yml, profile scaled; deploy/kubernetes)
+ARG SMILEKIT_EXTRAS=postgres
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1 \
     PYTHON=python3
 
@@ -13,12 +27,18 @@ WORKDIR /srv/smilekit
 RUN chown smilekit /srv/smilekit
 USER smilekit
 
-# packages first, so code changes do not reinstall torch
-COPY --chown=smilekit pyproject.toml README.md ./
+# the pinned packages first, from pyproject.toml alone, so a change to the code does not download them again
+COPY --chown=smilekit pyproject.toml ./
+RUN "$PYTHON" -m venv .venv && .venv/bin/python -m pip install -q --upgrade pip \
+    && .venv/bin/python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+extras = [e for e in '$SMILEKIT_EXTRAS'.split(',') if e]; \
+print('\n'.join(p['dependencies'] + [r for e in extras for r in p['optional-dependencies'][e]]))" >/tmp/requirements.txt \
+    && .venv/bin/python -m pip install -q -r /tmp/requirements.txt && rm /tmp/requirements.txt
+
+COPY --chown=smilekit README.md ./
 COPY --chown=smilekit smilekit ./smilekit
 COPY --chown=smilekit scripts ./scripts
-# with the PostgreSQL driver: replicas share one PostgreSQL (docker-compose.yml, profile scaled; deploy/kubernetes)
-RUN scripts/setup && .venv/bin/python -m pip install -q -e ".[postgres]"
+RUN scripts/setup --serve && .venv/bin/python -m pip install -q -e ".[$SMILEKIT_EXTRAS]"
 
 COPY --chown=smilekit voila.json ./
 # the page's Voilà template (scripts/serve finds it through JUPYTER_PATH)
@@ -32,7 +52,8 @@ ENV SMILEKIT_HOST=0.0.0.0 \
     JUPYTER_RUNTIME_DIR=/tmp/jupyter-runtime
 VOLUME /data
 EXPOSE 8080
-# a static file: asking for the page itself would start a kernel every 30 s
+# a static file: asking for the page itself would start a kernel every 30 s. On the port the app listens on
+# (docker run -e SMILEKIT_PORT=...).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s \
-    CMD .venv/bin/python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/voila/static/voila.js', timeout=4)"
+    CMD .venv/bin/python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['SMILEKIT_PORT'] + '/voila/static/voila.js', timeout=4)"
 CMD ["scripts/serve"]
