@@ -4,14 +4,15 @@
 # (torch, for the saliency view and for training inside the container):
 #   docker build --build-arg SMILEKIT_EXTRAS=learn,postgres -t smilekit-full .
 # Build arguments for machines that cannot reach the defaults (scripts/container build sets them; docs/serving.md):
-#   BASE_IMAGE           a Debian-like image with Python >= 3.10 and python3-venv (default the official slim Python)
+#   BASE_IMAGE           a Debian-like image with Python >= 3.11 and its venv module (default the official slim Python)
 #   PIP_EXTRA_INDEX_URL  the PyTorch CPU index by default (PyPI's Linux torch is a CUDA build of several GB); empty
 #                        for none: pip would otherwise retry an unreachable index for every package
 #   PIP_FIND_LINKS       wheels to install from: a URL, or a folder mounted into the build (podman build -v)
 #   PIP_INDEX_URL        another package index
 ARG BASE_IMAGE=python:3.11-slim-bookworm
-FROM ${BASE_IMAGE}
 
+# -- build: the virtual environment, then what serving does not use is taken out of it -----------------------------
+FROM ${BASE_IMAGE} AS build
 ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG PIP_FIND_LINKS=
 ARG PIP_INDEX_URL=https://pypi.org/simple
@@ -19,10 +20,9 @@ ARG PIP_INDEX_URL=https://pypi.org/simple
 ARG SMILEKIT_EXTRAS=postgres
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONUNBUFFERED=1 \
     PYTHON=python3
 
-RUN useradd --create-home --uid 1000 smilekit && mkdir -p /data && chown smilekit /data
+RUN useradd --create-home --uid 1000 smilekit
 WORKDIR /srv/smilekit
 RUN chown smilekit /srv/smilekit
 USER smilekit
@@ -39,7 +39,19 @@ COPY --chown=smilekit README.md ./
 COPY --chown=smilekit smilekit ./smilekit
 COPY --chown=smilekit scripts ./scripts
 RUN scripts/setup --serve && .venv/bin/python -m pip install -q -e ".[$SMILEKIT_EXTRAS]"
+# Not used by a served app (about 90 MB): jedi and parso (IPython's completion, which IPython does without),
+# debugpy (the kernel's debugger, which ipykernel does without), the packages' own test suites, and pip and
+# setuptools themselves (a change of packages is a new image)
+RUN .venv/bin/python -m pip uninstall -q -y jedi parso debugpy setuptools pip \
+    && find .venv/lib -depth -type d -name tests -exec rm -rf {} +
 
+# -- the image: the base, the environment and the app -----------------------------------------------------------
+FROM ${BASE_IMAGE}
+ENV PYTHONUNBUFFERED=1
+RUN useradd --create-home --uid 1000 smilekit && mkdir -p /data && chown smilekit /data
+WORKDIR /srv/smilekit
+COPY --from=build --chown=smilekit /srv/smilekit /srv/smilekit
+USER smilekit
 COPY --chown=smilekit voila.json ./
 # the page's Voilà template (scripts/serve finds it through JUPYTER_PATH)
 COPY --chown=smilekit share/jupyter/voila/templates/smilekit ./share/jupyter/voila/templates/smilekit
