@@ -1,6 +1,7 @@
 """Photo in, faces out: detect every face, cut its crop, and say whether it smiles."""
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,8 +166,16 @@ class Predictor:
                 status[i] = "no_face"
         return probs, status
 
+    @property
+    def can_explain(self) -> bool:
+        """Whether :meth:`saliency` can run: it needs torch (the "learn" extra), which serving alone leaves out."""
+        return self._torch_model is not None or importlib.util.find_spec("torch") is not None
+
     def saliency(self, crop: Image.Image) -> np.ndarray:
-        """Where the model looked: |d logit / d pixel|, smoothed, scaled to [0, 1] (64 x 64)."""
+        """Where the model looked: |d logit / d pixel|, smoothed, scaled to [0, 1] (64 x 64).
+
+        Needs torch (see :attr:`can_explain`); without it, ``ModuleNotFoundError``.
+        """
         import torch
 
         from .learn.model import crops_to_tensor, load_checkpoint

@@ -78,8 +78,9 @@ def export_paths(checkpoint) -> tuple[Path, Path]:
 def set_threads(threads: int) -> None:
     """CPU threads for inference (OpenCV, onnxruntime, and torch if it is loaded)."""
     cv2.setNumThreads(threads)  # onnxruntime sessions read it back (ExportedModel._session)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
+    torch = sys.modules.get("torch")  # None also where it is marked as not importable
+    if torch is not None:
+        torch.set_num_threads(threads)
 
 
 #: runtimes for the ONNX exports. onnxruntime is the default: 1.9x (SmileNet) to 5.8x (LiteNet at 96 px) faster

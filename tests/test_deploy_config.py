@@ -41,7 +41,7 @@ def serve_replicas():
 
 def health_path() -> str:
     """The path the Dockerfile's health check asks for."""
-    return re.search(r"http://127\.0\.0\.1:8080(/[^'\"]*)", (ROOT / "Dockerfile").read_text()).group(1)
+    return re.search(r"http://127\.0\.0\.1:' \+ os\.environ\['SMILEKIT_PORT'\] \+ '(/[^'\"]*)", (ROOT / "Dockerfile").read_text()).group(1)
 
 
 def manifests() -> dict[str, dict]:

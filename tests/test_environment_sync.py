@@ -11,7 +11,7 @@ from conftest import ROOT
 
 yaml = pytest.importorskip("yaml")
 
-EXTRAS = ("notebooks", "test")
+EXTRAS = ("learn", "notebooks", "test")
 
 
 def _name(requirement: str) -> str:
@@ -34,7 +34,7 @@ def _pyproject() -> dict:
 
 
 def expected() -> dict[str, str]:
-    """pyproject.toml's runtime dependencies plus the notebooks and test extras."""
+    """pyproject.toml's runtime dependencies plus the learn, notebooks and test extras."""
     project = _pyproject()
     requirements = list(project["dependencies"])
     for extra in EXTRAS:
@@ -74,7 +74,10 @@ def test_readme_setup_installs_the_pyproject_set():
     assert "scripts/setup && scripts/serve" in readme and "scripts/setup --test && scripts/test" in readme
     setup = (ROOT / "scripts" / "setup").read_text()
     assert re.search(r'quiet_pip -e "\.\$extras"', setup) and "pip install -q \"$@\"" in setup
-    assert 'extras="[test]"' in setup and "test" in _pyproject()["optional-dependencies"]
+    extras = _pyproject()["optional-dependencies"]
+    assert 'extras="[learn]"' in setup and 'extras="[learn,test]"' in setup and {"learn", "test"} <= extras.keys()
+    assert "torch" in {_name(r) for r in extras["learn"]}, "the learn extra brings torch (training, saliency)"
+    assert "onnxruntime" in {_name(r) for r in _pyproject()["dependencies"]}
     assert not re.search(r"(pip install|quiet_pip)[^\n]*==", setup), "scripts/setup must not pin packages of its own"
 
 

@@ -26,7 +26,7 @@ def _kernel_count(server) -> int:
 
 def test_the_container_health_check_starts_no_kernel(server):
     """The Dockerfile's HEALTHCHECK asks for a URL that answers without starting a kernel."""
-    url_path = re.search(r"http://127\.0\.0\.1:8080(/[^'\"]*)", (ROOT / "Dockerfile").read_text()).group(1)
+    url_path = re.search(r"http://127\.0\.0\.1:' \+ os\.environ\['SMILEKIT_PORT'\] \+ '(/[^'\"]*)", (ROOT / "Dockerfile").read_text()).group(1)
     assert url_path != "/"
     time.sleep(5)  # the preheated kernel is in place
     before = _kernel_count(server)

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import html
 import io
+import json
 import logging
 import re
+import subprocess
+import sys
+import textwrap
 from datetime import datetime, timezone
 
 import pytest
@@ -294,6 +298,34 @@ def test_saliency_toggle(app, face_jpeg):
     assert app.photos[1].cards[0].picture.value == overlay
     app.set_saliency(False)
     assert card.picture.value == plain
+
+
+def test_saliency_without_torch_says_it_needs_the_full_image(model_path, celeba_dir):
+    """Where torch cannot be imported (the app's container image), the box says the view needs the full image, and
+    ticking it anyway keeps the faces plain with that message on the page instead of an error."""
+    code = textwrap.dedent(f"""
+        import json, sys
+        sys.modules["torch"] = None  # as if it were not installed: importing it raises ModuleNotFoundError
+        from smilekit.app import ui
+        from smilekit.predict import Predictor
+        from smilekit.store.feedback import FeedbackStore
+        app = ui.SmileApp(predictor=Predictor({str(model_path)!r}), store=FeedbackStore("sqlite://"))
+        app.handle_upload([("face.jpg", open({str(celeba_dir / "img" / "0.jpg")!r}, "rb").read())])
+        card = app.photos[0].cards[0]
+        plain = card.picture.value
+        app.saliency_box.value = True
+        print(json.dumps({{"disabled": app.saliency_box.disabled, "description": app.saliency_box.description,
+                          "ticked": app.saliency_box.value, "plain": card.picture.value == plain,
+                          "messages": [m.value for m in app.messages.children], "smiling": card.face.label}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout.splitlines()[-1])
+    assert shown["disabled"] and "needs the full image" in shown["description"]
+    assert not shown["ticked"] and shown["plain"]
+    assert shown["messages"] == [render.error_html(ui.SALIENCY_NEEDS_TORCH)]
+    assert "smilekit-full" in ui.SALIENCY_NEEDS_TORCH
+    assert shown["smiling"] in ("Smiling", "Not smiling")  # the faces are still classified (onnxruntime)
 
 
 def test_callback_errors_become_messages(app, face_jpeg, monkeypatch, capsys):

@@ -45,6 +45,9 @@ WHOLE_PICTURE_SIDE = 640
 MAX_FILES_PER_UPLOAD = 20
 #: faces one page visit may give verdicts on (changing a verdict updates the same row)
 MAX_VERDICTS_PER_SESSION = 500
+#: what the page says where the saliency view cannot run: serving alone installs no torch (the app's container image)
+SALIENCY_NEEDS_TORCH = ("Showing where the model looked needs PyTorch, which this installation of SmileKit leaves out: "
+                        "it is in the full container image (smilekit-full) and in scripts/setup's default installation.")
 
 
 log = logging.getLogger(__name__)
@@ -187,6 +190,10 @@ class SmileApp:
         self.predictor = predictor or self._guarded(Predictor, "No smile model could be loaded, so photos cannot be checked.")
         self.store = store or self._guarded(FeedbackStore, "The feedback database is not reachable; verdicts cannot be saved.")
         self.upload.disabled = self.camera_toggle.disabled = self.predictor is None
+        if self.predictor is not None and not self.predictor.can_explain:
+            self.saliency_box.disabled = True
+            self.saliency_box.description = "Show where the model looked (needs the full image)"
+            self.saliency_box.tooltip = SALIENCY_NEEDS_TORCH
         self.camera_view.set_predictor(self.predictor)
         self.use_current_calibration()
         self._safely(self.refresh_metrics)
@@ -529,7 +536,13 @@ class SmileApp:
         self.crops_to_forget = False
 
     def set_saliency(self, show: bool) -> None:
-        """Show each face as the model's crop with where it looked, or as the plain face."""
+        """Show each face as the model's crop with where it looked, or as the plain face.
+
+        Without torch (the app's container image) the faces stay plain and the page says why.
+        """
+        if show and self.predictor is not None and not self.predictor.can_explain:
+            self.show_error(SALIENCY_NEEDS_TORCH)
+            show = False
         self.show_saliency = bool(show)
         if self.saliency_box.value != self.show_saliency:
             self.saliency_box.value = self.show_saliency
