@@ -26,6 +26,16 @@ START_TIMEOUT_S = 180
 COLLAGE_IDS = (0, 1, 4, 5)
 
 
+def run_coroutine(coroutine):
+    """``asyncio.run(coroutine)`` on a thread of its own, returning its result: Playwright's sync API (the browser
+    tests) leaves an event loop marked as running on the main thread for the whole session."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, coroutine).result()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
@@ -17,6 +16,7 @@ from jupyter_client.ioloop import AsyncIOLoopKernelManager as AsyncKernelManager
 from jupyter_client.provisioning import KernelProvisionerFactory
 
 from conftest import VoilaServer
+from helpers import run_coroutine
 from smilekit.serve import forkkernel
 from smilekit import settings
 
@@ -37,13 +37,6 @@ def fork_provisioner(monkeypatch):
     monkeypatch.setattr(forkkernel, "_zygote", zygote)
     yield zygote
     zygote.stop()
-
-
-def _run_scenario(scenario) -> None:
-    """``asyncio.run(scenario())`` on a thread of its own: an earlier test may leave an event loop marked as
-    running on this one."""
-    with ThreadPoolExecutor(1) as thread:
-        thread.submit(asyncio.run, scenario()).result()
 
 
 def _wait_until(condition, what: str) -> None:
@@ -107,7 +100,7 @@ def test_a_forked_kernel_runs_code_is_interrupted_restarted_and_shut_down_withou
         assert not psutil.pid_exists(new_pid)
         _wait_until(lambda: not _children(zygote_pid), "the zygote reaped its kernels (no zombie)")
 
-    _run_scenario(scenario)
+    run_coroutine(scenario())
 
 
 def test_a_killed_kernel_reports_its_signal_and_the_restarter_replaces_it(fork_provisioner):
@@ -133,7 +126,7 @@ def test_a_killed_kernel_reports_its_signal_and_the_restarter_replaces_it(fork_p
         await km.shutdown_kernel(now=True)
         client.stop_channels()
 
-    _run_scenario(scenario)
+    run_coroutine(scenario())
 
 
 def test_kernels_start_the_usual_way_when_the_zygote_cannot_start(fork_provisioner, monkeypatch, caplog):
@@ -150,7 +143,7 @@ def test_kernels_start_the_usual_way_when_the_zygote_cannot_start(fork_provision
         await km.shutdown_kernel(now=True)
         client.stop_channels()
 
-    _run_scenario(scenario)
+    run_coroutine(scenario())
     assert fork_provisioner.broken
 
 
@@ -173,7 +166,7 @@ def test_a_new_zygote_replaces_one_that_died(fork_provisioner):
         await first.shutdown_kernel(now=True)
         client.stop_channels()
 
-    _run_scenario(scenario)
+    run_coroutine(scenario())
 
 
 def test_fork_kernels_setting(monkeypatch):

@@ -2,7 +2,6 @@
 own (de)serializer, and one or two visitors against the app as scripts/serve runs it (no timings asserted)."""
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 import time
@@ -11,6 +10,7 @@ import pytest
 from jupyter_server.services.kernels.connection.base import deserialize_msg_from_ws_v1, serialize_msg_to_ws_v1
 
 from conftest import VoilaServer, load_benchmark
+from helpers import run_coroutine
 from smilekit.serve.wsguard import v1_frame_is_valid
 
 kernel_client = load_benchmark("kernel_client")
@@ -77,7 +77,7 @@ def test_a_protocol_visitor_loads_the_page_uploads_a_real_photo_and_saves_one_ve
         assert "Saved: correct" in page.card_text(button)
         page.close()
 
-    asyncio.run(visit())
+    run_coroutine(visit())
     assert _rows(one_place) == 1
 
 
@@ -97,5 +97,5 @@ def test_beyond_the_limit_a_visitor_is_told_to_retry_and_is_served_once_the_tab_
             await driver.close(second)
 
     before = _rows(one_place)
-    asyncio.run(visits())
+    run_coroutine(visits())
     assert _rows(one_place) == before + 1
