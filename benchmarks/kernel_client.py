@@ -44,7 +44,7 @@ V1_SUBPROTOCOL = "v1.kernel.websocket.jupyter.org"
 CONTROL_PROTOCOL_VERSION = "1.0.0"
 #: a browser opens at most this many connections to one host at a time
 CONNECTIONS_PER_PAGE = 6
-#: the busy page's Retry-After when it gives none (smilekit.serve.admission.RETRY_AFTER_S)
+#: the wait before loading again after a 503 that gives no Retry-After (the app's busy page always gives one)
 DEFAULT_RETRY_AFTER_S = 5
 #: the page's template checks its kernel this often while the page is open (connection-watch.js, HEARTBEAT_MS)
 HEARTBEAT_S = 5

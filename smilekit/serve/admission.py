@@ -27,8 +27,6 @@ log = logging.getLogger(__name__)
 PAGE_LOAD_S = 90.0
 #: a visitor's kernel whose page was connected and has had none for this long belongs to a closed page
 DISCONNECTED_S = 3.0
-#: the busy page asks the browser to try again after this many seconds (by default), plus up to as many again at random
-RETRY_AFTER_S = settings.RETRY_AFTER_S
 
 
 class Sessions:
