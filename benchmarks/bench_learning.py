@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import itertools
 import json
 import os
@@ -57,6 +56,7 @@ from smilekit.calibration import Calibration  # noqa: E402
 from smilekit.learn.data import select  # noqa: E402
 from smilekit.store.feedback import FeedbackStore  # noqa: E402
 from smilekit.predict import Predictor  # noqa: E402
+from smilekit.app import render  # noqa: E402
 
 LABEL_FILES = {"mtfl": "labels.csv", "fer2013": "labels.csv", "smilesmiled": "split.csv"}  # face crops, path / smiling / split
 #: the last model shipped before any trained on MTFL or FER2013 (see the docstring to extract it)
@@ -89,12 +89,10 @@ def write_clicks(url: str, faces, probs, crops, threshold: float, version: str, 
     flipped = rng.random(len(faces)) < wrong
     store = FeedbackStore(url)
     for i, ((_, label), p, crop) in enumerate(zip(faces, probs, crops)):
-        png = io.BytesIO()
-        crop.save(png, format="PNG")
         right = (p >= threshold) == bool(label)
         store.record(session_id=f"bench{i // 50}", photo_sha256=f"{i:064x}", face_index=0, box=(0, 0, 64, 64),
                      probability=float(p), threshold=threshold, model_version=version,
-                     correct=right != bool(flipped[i]), crop_png=png.getvalue())
+                     correct=right != bool(flipped[i]), crop_png=render.crop_png(crop))  # stored as the app stores it
     store.close()
     return np.array([label for _, label in faces]) != flipped
 

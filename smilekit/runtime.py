@@ -22,7 +22,8 @@ from . import settings
 
 INPUT_SIZE = 64
 LABELS = ("not_smiling", "smiling")
-PREPROCESSING = "face crop (smilekit.vision.faces geometry), greyscale, 64x64 bilinear, [0,1]; per-image standardisation inside the model"
+PREPROCESSING = {1: "face crop (smilekit.vision.faces geometry), greyscale, 64x64 bilinear, [0,1]; per-image standardisation inside the model",
+                 3: "face crop (smilekit.vision.faces geometry), RGB, 64x64 bilinear, [0,1]; per-image standardisation inside the model"}
 SHIPPED_MODEL = Path(__file__).parent / "weights" / "model.pt"
 DEFAULT_THRESHOLD = settings.DEFAULT_THRESHOLD
 
@@ -50,12 +51,38 @@ def probabilities(logits, temperature: float = 1.0) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64) / temperature))
 
 
-def crops_to_array(crops) -> np.ndarray:
-    """Greyscale 64x64 crops (PIL images or uint8 arrays) -> float32 array N x 1 x 64 x 64 in [0, 1]."""
-    arrays = [np.asarray(c.convert("L") if isinstance(c, Image.Image) else c, dtype=np.uint8) for c in crops]
+def input_channels(meta: dict) -> int:
+    """3 for a checkpoint (or export metadata) whose network reads RGB faces, 1 for grey."""
+    return 3 if meta.get("arch_kwargs", {}).get("colour") else 1
+
+
+def crop_mode(channels: int) -> str:
+    """The PIL mode of the crops a network with ``channels`` input channels reads."""
+    return "RGB" if channels == 3 else "L"
+
+
+def grey(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB pixels (... x 3) in grey, exactly as PIL's ``convert("L")`` gives them (ITU-R 601 luma)."""
+    rgb = np.asarray(rgb, dtype=np.uint32)
+    return ((rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16).astype(np.uint8)
+
+
+def with_channels(crops: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 crops N x S x S (grey) or N x S x S x 3 (RGB) as ``channels`` 1 (grey) or 3 (RGB; grey in all three)."""
+    crops = np.asarray(crops, dtype=np.uint8)
+    is_rgb = crops.ndim == 4
+    if channels == 1:
+        return grey(crops) if is_rgb else crops
+    return crops if is_rgb else np.repeat(crops[..., None], 3, axis=-1)
+
+
+def crops_to_array(crops, channels: int = 1) -> np.ndarray:
+    """64x64 crops (PIL images or uint8 arrays, grey or RGB) -> float32 array N x ``channels`` x 64 x 64 in [0, 1]."""
+    arrays = [np.asarray(c.convert(crop_mode(channels)) if isinstance(c, Image.Image) else c, dtype=np.uint8) for c in crops]
     if not arrays:
-        return np.zeros((0, 1, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
-    return (np.stack(arrays).astype(np.float32) / 255)[:, None]
+        return np.zeros((0, channels, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
+    pixels = np.stack([with_channels(a[None], channels)[0] for a in arrays]).astype(np.float32) / 255
+    return pixels[:, None] if channels == 1 else pixels.transpose(0, 3, 1, 2).copy()
 
 
 def standardize(x: np.ndarray) -> np.ndarray:
@@ -90,7 +117,8 @@ BACKENDS = ("onnxruntime", "opencv")
 
 
 class ExportedModel:
-    """A checkpoint's ONNX export run by onnxruntime or OpenCV's DNN module: ``logits`` for N x 1 x 64 x 64 inputs in [0, 1]."""
+    """A checkpoint's ONNX export run by onnxruntime or OpenCV's DNN module: ``logits`` for N x C x 64 x 64 inputs in
+    [0, 1] (C: :func:`input_channels` of its metadata)."""
 
     def __init__(self, onnx_path, meta: dict, backend: str = BACKENDS[0]):
         if backend not in BACKENDS:

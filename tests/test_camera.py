@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 from sqlalchemy import create_engine
 from PIL import Image
@@ -196,3 +197,21 @@ def test_database_from_before_verdicts_had_a_source_upgrades_and_keeps_working(t
     assert [r["source"] for r in store.rows()] == ["upload", "camera"]
     assert store.stats()["count"] == 2
     store.close()
+
+
+def test_a_colour_model_reads_the_frames_in_colour(frames, tmp_path):
+    import torch
+
+    from smilekit.learn import model as M
+    from smilekit.vision import faces
+
+    torch.manual_seed(0)
+    M.save_checkpoint(tmp_path / "colour.pt", M.build_model("litenet", colour=True), "litenet")
+    colour = Predictor(tmp_path / "colour.pt")
+    frame = camera.read_frame(frames[True], "RGB")
+    assert frame.mode == "RGB" and frame.size == camera.read_frame(frames[True]).size
+    box = faces.detect_faces(np.asarray(frame))[0]
+    live = camera.LiveFaces(colour).analyse(frames[True])
+    crop = faces.model_crop(frame, box, 64)
+    assert live[0].probability == pytest.approx(float(colour.predict_proba([crop])[0]), abs=1e-6)
+    assert live[0].probability != pytest.approx(float(colour.predict_proba([crop.convert("L")])[0]), abs=1e-6)

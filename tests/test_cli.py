@@ -153,14 +153,19 @@ def test_train_command_passes_litenets_input_size(shared_data, tmp_path):
     assert code == 0 and meta["arch"] == "litenet" and meta["arch_kwargs"]["input_px"] == 80 and model.features.input_px == 80
 
 
-def test_a_colour_model_trains_but_is_refused_for_serving_with_a_clear_message(shared_data, tmp_path, capsys, celeba_dir):
+def test_a_colour_model_trains_and_is_served_on_colour_crops(shared_data, tmp_path, capsys, celeba_dir):
     out = tmp_path / "colour.pt"
     code = cli.main(["train", "--data-root", str(shared_data), "--arch", "litenet", "--colour", "--epochs", "1", "--limit", "20",
                      "--batch-size", "16", "--draws-per-epoch", "32", "--datasets", "mtfl", "--out", str(out)])
     assert code == 0 and "N x 3 x 64 x 64" in out.with_suffix(".onnx.json").read_text()
     capsys.readouterr()
-    assert cli.main(["predict", "--model", str(out), str(celeba_dir / "img/0.jpg")]) == 2
-    assert "reads colour faces" in capsys.readouterr().err
+    photo = celeba_dir / "img/0.jpg"
+    assert cli.main(["predict", "--json", "--model", str(out), str(photo)]) == 0
+    printed = json.loads(capsys.readouterr().out.splitlines()[0])
+    from smilekit.predict import Predictor
+
+    face = Predictor(out).predict(photo).faces[0]  # cut in colour, and the CLI gives the package's answer
+    assert face.crop.mode == "RGB" and printed["faces"][0]["probability"] == round(face.probability, 4)
 
 
 def test_train_command_bad_data_root_is_a_clear_error(tmp_path, capsys):

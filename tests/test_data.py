@@ -103,6 +103,10 @@ def test_face_crops_are_cut_and_cached(smilesmiled_dir, celeba_dir, tmp_path):
     assert len(list(tmp_path.glob("crops-*.npz"))) == 1
     again, _ = data.face_crops(samples, cache_dir=tmp_path, progress=False)
     assert np.array_equal(crops, again)
+    colour, _ = data.face_crops(samples, cache_dir=tmp_path, progress=False, colour=True)  # from the same cache
+    assert colour.shape == crops.shape + (3,) and len(list(tmp_path.glob("crops-*.npz"))) == 1
+    assert not np.array_equal(colour[..., 0], colour[..., 2])  # CelebA's photos keep their colour
+    assert all(np.array_equal(np.asarray(Image.fromarray(c).convert("L")), g) for c, g in zip(colour, crops))  # grey as PIL makes it
 
 
 def test_crop_cache_is_shared_by_relative_and_absolute_data_roots(tmp_path, monkeypatch):

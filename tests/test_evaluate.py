@@ -89,7 +89,7 @@ def test_load_sets_on_real_test_splits(shared_data, tmp_path):
     sets = evaluate.load_sets(shared_data, limit=12)
     assert set(sets) == {"smilesmiled", "celeba-subset", "mtfl", "fer2013"}
     for face_set in sets.values():
-        assert face_set.crops.shape == (12, CONTEXT_SIZE, CONTEXT_SIZE) and face_set.crops.dtype == np.uint8
+        assert face_set.crops.shape == (12, CONTEXT_SIZE, CONTEXT_SIZE, 3) and face_set.crops.dtype == np.uint8  # RGB
         assert set(np.unique(face_set.labels)) <= {0, 1}
         assert all(s.split == "test" for s in face_set.samples)
     assert sets["smilesmiled"].groups is None

@@ -104,3 +104,37 @@ def test_default_model_prefers_env_then_newest_promoted(tmp_path, monkeypatch):
     assert R.default_model_path() == tmp_path / "b.pt"
     monkeypatch.setenv("SMILEKIT_MODEL", str(tmp_path / "a.pt"))
     assert R.default_model_path() == tmp_path / "a.pt"
+
+
+def test_grey_is_pils_and_crops_take_the_channels_the_network_reads():
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    assert all(np.array_equal(R.grey(c), np.asarray(Image.fromarray(c).convert("L"))) for c in rgb)
+    assert np.array_equal(R.with_channels(rgb, 1), R.grey(rgb)) and np.array_equal(R.with_channels(rgb, 3), rgb)
+    spread = R.with_channels(R.grey(rgb), 3)
+    assert spread.shape == rgb.shape and (spread == spread[..., :1]).all()  # grey in all three channels
+    x = R.crops_to_array([Image.fromarray(rgb[0]), rgb[1], R.grey(rgb[2])], channels=3)
+    assert x.shape == (3, 3, 64, 64) and np.allclose(x[0, 0], rgb[0, ..., 0] / 255) and np.allclose(x[0, 2], rgb[0, ..., 2] / 255)
+    assert np.allclose(x[2], R.grey(rgb[2]) / 255)
+    assert np.allclose(R.crops_to_array([Image.fromarray(rgb[0])])[0, 0], R.grey(rgb[0]) / 255)  # a grey network: grey
+    assert R.crops_to_array([], channels=3).shape == (0, 3, 64, 64)
+
+
+@pytest.fixture(scope="module")
+def colour_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("colour") / "colour.pt"
+    torch.manual_seed(0)
+    M.save_checkpoint(path, M.build_model("litenet", colour=True), "litenet", temperature=1.3)
+    return path
+
+
+def test_a_colour_model_is_served_from_its_export_on_rgb_crops(colour_checkpoint):
+    net, _ = M.load_checkpoint(colour_checkpoint)
+    predictor = Predictor(colour_checkpoint)
+    assert predictor.runtime == "onnx" and predictor.channels == 3 and predictor.crop_mode == "RGB"
+    rgb = [np.random.default_rng(i).integers(0, 256, (64, 64, 3), dtype=np.uint8) for i in range(3)]
+    expected = R.probabilities(M.logits_of(net, M.crops_to_tensor(rgb, 3)), 1.3)
+    np.testing.assert_allclose(predictor.predict_proba(rgb), expected, atol=1e-4)
+    assert not np.allclose(predictor.predict_proba([R.grey(c) for c in rgb]), expected, atol=1e-4)  # colour is read
+    face = R.grey(rgb[0])  # a grey crop (e.g. stored feedback) is read as grey in all three channels
+    np.testing.assert_allclose(predictor.predict_proba([face]), predictor.predict_proba([R.with_channels(face[None], 3)[0]]))
+    assert predictor.saliency(Image.fromarray(rgb[0])).shape == (64, 64)

@@ -8,6 +8,7 @@ import torch
 from smilekit.learn import evaluate
 from smilekit.learn.model import load_checkpoint
 from smilekit.learn.model import center
+from smilekit.runtime import with_channels
 from smilekit.learn.train import (TrainConfig, WeightAverage, augment, balanced_weights, click_trust, distillation_loss, draw_weights,
                             erase, train)
 
@@ -145,7 +146,7 @@ def test_distillation_keeps_a_fine_tuned_model_nearer_the_base_on_the_original_d
     torch.manual_seed(0)
     save_checkpoint(base, SmileNet(width=8), "smilenet", {"width": 8})
     extra = (np.random.default_rng(0).integers(0, 256, (16, 80, 80), dtype=np.uint8), np.ones(16, int))  # "feedback": all smiling
-    original = center(torch.from_numpy(evaluate.load_sets(shared_data, ("smilesmiled",), "val", 40)["smilesmiled"].crops))
+    original = center(torch.from_numpy(with_channels(evaluate.load_sets(shared_data, ("smilesmiled",), "val", 40)["smilesmiled"].crops, 1)))
     moved = {}
     for distill in (0.0, 10.0):
         # 32 steps: with 16 (512 draws) the effect was marginal and flipped with the crops (distill 10 moved the

@@ -63,8 +63,8 @@ class LiveFace:
                 "p": round(self.probability, 4), "smiling": self.smiling}
 
 
-def read_frame(data) -> Image.Image:
-    """A JPEG frame as a greyscale image at most FRAME_MAX_SIDE wide, decoded already reduced."""
+def read_frame(data, mode: str = "L") -> Image.Image:
+    """A JPEG frame as an image of ``mode`` ("L": grey, "RGB") at most FRAME_MAX_SIDE wide, decoded already reduced."""
     size = memoryview(data).nbytes
     if not size or size > MAX_FRAME_BYTES:
         raise FrameError(f"a frame of {size} bytes")
@@ -75,8 +75,8 @@ def read_frame(data) -> Image.Image:
         if image.width * image.height > MAX_FRAME_PIXELS:
             raise FrameError(f"a frame of {image.width} x {image.height} pixels")
         target = fitted_size(image.size, FRAME_MAX_SIDE)
-        image.draft("L", target)  # JPEG decodes straight to a reduced greyscale picture
-        image = image.convert("L")
+        image.draft(mode, target)  # JPEG decodes straight to a reduced picture (without the colour planes for "L")
+        image = image.convert(mode)
     except FrameError:
         raise
     except Exception as err:  # noqa: BLE001 - whatever Pillow says about a broken frame
@@ -92,13 +92,13 @@ class LiveFaces:
 
     def analyse(self, data) -> list[LiveFace]:
         """Every face in one JPEG frame, left to right. Raises :class:`FrameError` for a bad frame."""
-        gray = read_frame(data)
-        boxes = faces.detect_faces(np.asarray(gray))
+        frame = read_frame(data, self.predictor.crop_mode)  # in colour only for a network that reads colour
+        boxes = faces.detect_faces(np.asarray(frame))
         if not boxes:
             return []
-        crops = [faces.model_crop(gray, box, INPUT_SIZE) for box in boxes]
+        crops = [faces.model_crop(frame, box, INPUT_SIZE) for box in boxes]
         probabilities = self.predictor.predict_proba(crops)
-        width, height = gray.size
+        width, height = frame.size
         threshold = self.predictor.threshold
         return [LiveFace(b.x / width, b.y / height, b.w / width, b.h / height, float(p), bool(p >= threshold))
                 for b, p in zip(boxes, probabilities)]

@@ -183,8 +183,8 @@ def face_thumbnail(image: Image.Image, box: faces.Box, side: int = THUMB_SIDE, j
 
 
 def crop_thumbnail(crop: Image.Image) -> bytes:
-    """The model's own 64x64 crop, enlarged for display."""
-    return _png(crop.convert("L").resize((THUMB_SIDE, THUMB_SIDE), Image.BILINEAR))
+    """The model's own 64x64 crop (grey, or RGB for a colour model), enlarged for display."""
+    return _png(crop.resize((THUMB_SIDE, THUMB_SIDE), Image.BILINEAR))
 
 
 def crop_png(crop: Image.Image) -> bytes:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..vision import faces
 from .. import settings
 from ..vision.faces import CONTEXT  # crops are cached with this much context around the model crop, for augmentation
-from ..runtime import INPUT_SIZE
+from ..runtime import INPUT_SIZE, grey
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 CONTEXT_SIZE = int(round(INPUT_SIZE * CONTEXT))
@@ -153,10 +153,10 @@ def face_box(sample: Sample, image: Image.Image) -> tuple[faces.Box, bool]:
     return faces.whole_image_box(image), False
 
 
-def _cache_key(samples: list[Sample], context: float, colour: bool = False) -> str:
+def _cache_key(samples: list[Sample], context: float) -> str:
     settings_used = (context, faces.TEMPLATE.tolist(), faces.SCORE_THRESHOLD, faces.NMS_IOU, faces.TILE, faces.OVERLAP,
                      faces.LEVEL_STEP, faces.CROP_SEARCH_SIDE, faces.CROP_SEARCH_PAD, faces.AREA_REDUCE_BELOW)
-    digest = hashlib.sha256(f"v5 aligned {settings_used}{' colour' if colour else ''}".encode())
+    digest = hashlib.sha256(f"v5 aligned {settings_used} colour".encode())
     for s in samples:
         geometry = f"|{CROP_LANDMARKS[s.dataset]}" if s.dataset in CROP_LANDMARKS else ""
         digest.update(f"{Path(s.path).resolve()}|{s.is_crop}{geometry}\n".encode())
@@ -167,20 +167,22 @@ def face_crops(samples: list[Sample], context: float = CONTEXT, cache_dir=None, 
     """Face crops (N x S x S uint8 grey, or N x S x S x 3 RGB with ``colour``; S = 64 * context) and a
     found-by-detector flag per sample. Grey images come as grey in all three channels.
 
-    Results are cached in ``cache_dir`` (default ``$SMILEKIT_CACHE`` or ``outputs/cache``).
+    The RGB crops are cached in ``cache_dir`` (default ``$SMILEKIT_CACHE`` or ``outputs/cache``); grey ones are
+    made from them exactly as PIL's ``convert("L")`` would (:func:`smilekit.runtime.grey`).
     """
     size = int(round(INPUT_SIZE * context))
     cache_dir = Path(cache_dir) if cache_dir else settings.cache_dir()
-    cache_file = cache_dir / f"crops-{_cache_key(samples, context, colour)}.npz"
+    cache_file = cache_dir / f"crops-{_cache_key(samples, context)}.npz"
     if cache_file.is_file():
         cached = np.load(cache_file)
-        return cached["crops"], cached["found"]
-    crops = np.zeros((len(samples), size, size) + ((3,) if colour else ()), dtype=np.uint8)
-    found = np.zeros(len(samples), dtype=bool)
-    for i, sample in enumerate(tqdm(samples, desc="cutting faces", disable=not progress, mininterval=2)):
-        image = Image.open(sample.path).convert("RGB")  # photos are searched in colour, as the app does
-        box, found[i] = face_box(sample, image)
-        crops[i] = np.asarray(faces.cut_face(image, box, size, context).convert("RGB" if colour else "L"))
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(cache_file, crops=crops, found=found)
-    return crops, found
+        crops, found = cached["crops"], cached["found"]
+    else:
+        crops = np.zeros((len(samples), size, size, 3), dtype=np.uint8)
+        found = np.zeros(len(samples), dtype=bool)
+        for i, sample in enumerate(tqdm(samples, desc="cutting faces", disable=not progress, mininterval=2)):
+            image = Image.open(sample.path).convert("RGB")  # photos are searched in colour, as the app does
+            box, found[i] = face_box(sample, image)
+            crops[i] = np.asarray(faces.cut_face(image, box, size, context).convert("RGB"))
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        np.savez(cache_file, crops=crops, found=found)
+    return (crops if colour else grey(crops)), found

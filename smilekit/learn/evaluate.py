@@ -16,7 +16,7 @@ import numpy as np
 
 from . import data as data_mod
 from . import metrics
-from ..runtime import DEFAULT_THRESHOLD, decision_threshold, probabilities
+from ..runtime import DEFAULT_THRESHOLD, INPUT_SIZE, decision_threshold, input_channels, probabilities, with_channels
 
 TEST_DATASETS = ("smilesmiled", "celeba-subset", "mtfl", "fer2013")
 
@@ -26,7 +26,7 @@ class FaceSet:
     """Labelled context crops of one dataset split."""
 
     name: str
-    crops: np.ndarray  # N x 80 x 80 uint8 context crops (data.face_crops)
+    crops: np.ndarray  # N x 80 x 80 x 3 uint8 RGB context crops (data.face_crops); grey images in all three channels
     labels: np.ndarray
     groups: np.ndarray | None  # CelebA's ``male`` (1/0), None where the dataset has no groups
     samples: list
@@ -37,7 +37,7 @@ def load_sets(data_root=None, datasets=TEST_DATASETS, split="test", limit=None, 
     sets = {}
     for name in datasets:
         samples = data_mod.select(data_mod.load_dataset(name, data_root), split, limit)
-        crops, _ = data_mod.face_crops(samples, progress=progress)
+        crops, _ = data_mod.face_crops(samples, progress=progress, colour=True)  # each checkpoint reads what it needs
         groups = np.array([s.male for s in samples]) if samples and samples[0].male is not None else None
         sets[name] = FaceSet(name, crops, np.array([s.smiling for s in samples]), groups, samples)
     return sets
@@ -76,8 +76,9 @@ def evaluate(checkpoint, sets: dict[str, FaceSet]) -> dict[str, Evaluation]:
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     model, meta = load_checkpoint(checkpoint)
-    temperature, threshold = float(meta.get("temperature", 1.0)), decision_threshold(meta)
-    return {name: Evaluation(name, s.labels, logits_of(model, center(torch.from_numpy(s.crops))), temperature, s.groups, threshold)
+    temperature, threshold, channels = float(meta.get("temperature", 1.0)), decision_threshold(meta), input_channels(meta)
+    return {name: Evaluation(name, s.labels, logits_of(model, center(torch.from_numpy(with_channels(s.crops, channels)))),
+                             temperature, s.groups, threshold)
             for name, s in sets.items()}
 
 
@@ -128,12 +129,9 @@ def balanced_indices(labels: np.ndarray, n: int) -> np.ndarray:
 
 
 def model_crops(crops: np.ndarray) -> np.ndarray:
-    """The 64x64 model crops (uint8) inside context crops."""
-    import torch
-
-    from .model import center
-
-    return (center(torch.from_numpy(crops))[:, 0].numpy() * 255).round().astype(np.uint8)
+    """The 64x64 model crops (uint8, grey or RGB as ``crops``) inside context crops."""
+    off = (crops.shape[1] - INPUT_SIZE) // 2
+    return np.ascontiguousarray(crops[:, off : off + INPUT_SIZE, off : off + INPUT_SIZE])
 
 
 def _json_default(value):

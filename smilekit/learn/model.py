@@ -151,9 +151,9 @@ def build_model(arch: str, **kwargs) -> nn.Module:
     return ARCHITECTURES[arch](**kwargs)
 
 
-def crops_to_tensor(crops) -> torch.Tensor:
-    """Greyscale 64x64 crops (PIL images or uint8 arrays) -> float tensor N x 1 x 64 x 64 in [0, 1]."""
-    return torch.from_numpy(crops_to_array(crops))
+def crops_to_tensor(crops, channels: int = 1) -> torch.Tensor:
+    """64x64 crops (PIL images or uint8 arrays) -> float tensor N x ``channels`` x 64 x 64 in [0, 1]."""
+    return torch.from_numpy(crops_to_array(crops, channels))
 
 
 def model_version(model: nn.Module, arch: str) -> str:
@@ -171,7 +171,7 @@ def save_checkpoint(path, model: nn.Module, arch: str, arch_kwargs=None, **metad
         "arch_kwargs": dict(arch_kwargs if arch_kwargs is not None else getattr(model, "arch_kwargs", {})),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "input_size": INPUT_SIZE,
-        "preprocessing": PREPROCESSING,
+        "preprocessing": PREPROCESSING[input_channels(model)],
         "labels": list(LABELS),
         "temperature": 1.0,
         "threshold": 0.5,
@@ -207,12 +207,21 @@ def export_onnx(model: nn.Module, checkpoint_path, meta: dict) -> Path:
     return onnx_path
 
 
-def load_checkpoint(path) -> tuple[nn.Module, dict]:
-    """Rebuild the model from a checkpoint file alone; returns (model in eval mode, metadata)."""
+def _read_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No model checkpoint at {path}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def checkpoint_meta(path) -> dict:
+    """A checkpoint's metadata (architecture, preprocessing, temperature, ...), without building its model."""
+    return {k: v for k, v in _read_checkpoint(path).items() if k != "state_dict"}
+
+
+def load_checkpoint(path) -> tuple[nn.Module, dict]:
+    """Rebuild the model from a checkpoint file alone; returns (model in eval mode, metadata)."""
+    checkpoint = _read_checkpoint(path)
     model = build_model(checkpoint["arch"], **checkpoint.get("arch_kwargs", {}))
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
@@ -230,7 +239,7 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
 
 @torch.inference_mode()
 def logits_of(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> np.ndarray:
-    """Raw logits for N x 1 x 64 x 64 inputs in [0, 1], in eval mode."""
+    """Raw logits for N x C x 64 x 64 inputs in [0, 1] (C: :func:`input_channels`), in eval mode."""
     model.eval()
     out = [model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)

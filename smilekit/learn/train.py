@@ -21,8 +21,8 @@ from . import data as data_mod
 from . import metrics
 from .devices import Workers, pick_device
 from .evaluate import write_json
-from .model import as_images, build_model, center, load_checkpoint, logits_of, save_checkpoint
-from ..runtime import INPUT_SIZE, probabilities
+from .model import as_images, build_model, center, checkpoint_meta, load_checkpoint, logits_of, save_checkpoint
+from ..runtime import INPUT_SIZE, probabilities, with_channels
 
 
 @dataclass
@@ -190,8 +190,9 @@ def draw_weights(teacher, x: torch.Tensor, y: torch.Tensor, original: torch.Tens
 
 
 def reads_colour(config: TrainConfig) -> bool:
-    """Whether the network trained reads RGB faces (LiteNet's ``colour``)."""
-    return bool(config.arch_kwargs.get("colour"))
+    """Whether the network trained reads RGB faces (LiteNet's ``colour``; when fine-tuning, ``init_from``'s)."""
+    arch_kwargs = checkpoint_meta(config.init_from).get("arch_kwargs", {}) if config.init_from else config.arch_kwargs
+    return bool(arch_kwargs.get("colour"))
 
 
 def load_split_crops(config: TrainConfig, split: str, progress=True) -> dict:
@@ -239,14 +240,14 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     # data
     train_sets = load_split_crops(config, "train", progress)
     val_sets = load_split_crops(config, "val", progress)
-    extra = [np.repeat(c[..., None], 3, axis=-1) if reads_colour(config) and c.ndim == 3 else c for c, _ in config.extra_train]
+    extra = [with_channels(c, 3 if reads_colour(config) else 1) for c, _ in config.extra_train]  # e.g. grey feedback crops
     crops = [c for c, _, _ in train_sets.values()] + extra
     labels = np.concatenate([l for _, l, _ in train_sets.values()] + [np.asarray(l) for _, l in config.extra_train])
     sources = np.concatenate([[n] * len(l) for n, (_, l, _) in train_sets.items()] + [["feedback"] * len(l) for _, l in config.extra_train])
     groups = np.array([s.male for _, _, samples in train_sets.values() for s in samples]
                       + [None] * sum(len(l) for _, l in config.extra_train), dtype=object)
-    size = max(c.shape[-1] for c in crops)
-    crops = np.concatenate([c if c.shape[-1] == size else _resize(c, size) for c in crops])
+    size = max(c.shape[1] for c in crops)
+    crops = np.concatenate([c if c.shape[1] == size else _resize(c, size) for c in crops])
     crops_t, labels_t = torch.from_numpy(crops), torch.from_numpy(labels).float()
     weights = balanced_weights(labels, sources, groups, config.source_balance)
     if config.extra_share is not None:
