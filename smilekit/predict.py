@@ -11,8 +11,8 @@ from PIL import Image
 from .vision import faces
 from .calibration import Calibration
 from .vision.images import ImageError, load_image, load_photo
-from .runtime import (DEFAULT_THRESHOLD, INPUT_SIZE, ExportedModel, crop_mode, crops_to_array, decision_threshold,
-                      default_model_path, input_channels, probabilities)
+from .runtime import (DEFAULT_THRESHOLD, INPUT_SIZE, ExportedModel, channels_of, crop_mode, crops_to_array,
+                      decision_threshold, default_model_path, probabilities)
 from .settings import UNSURE_BAND
 
 #: photos reduced for work (smilekit.vision.images.WORK_MAX_SIDE) are also read up to this long side, to find and cut
@@ -92,7 +92,7 @@ class Predictor:
             self._torch_model, self.meta = load_checkpoint(self.model_path)
             fast_model = fuse_for_inference(self._torch_model)  # a folded copy; the original keeps its gradients
             self._logits = lambda x: logits_of(fast_model, torch.from_numpy(x))
-        self.channels = input_channels(self.meta)  # 1: the network reads grey faces, 3: RGB
+        self.channels = channels_of(self.meta)  # 1: the network reads grey faces, 3: RGB
         self.crop_mode = crop_mode(self.channels)  # the PIL mode of the crops it reads
         self.runtime = "onnx" if exported is not None else "torch"
         self.temperature = float(self.meta.get("temperature", 1.0))

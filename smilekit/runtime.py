@@ -51,8 +51,8 @@ def probabilities(logits, temperature: float = 1.0) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64) / temperature))
 
 
-def input_channels(meta: dict) -> int:
-    """3 for a checkpoint (or export metadata) whose network reads RGB faces, 1 for grey."""
+def channels_of(meta: dict) -> int:
+    """The input channels of a checkpoint's network, from its metadata (or its export's): 3 for RGB faces, 1 for grey."""
     return 3 if meta.get("arch_kwargs", {}).get("colour") else 1
 
 
@@ -118,7 +118,7 @@ BACKENDS = ("onnxruntime", "opencv")
 
 class ExportedModel:
     """A checkpoint's ONNX export run by onnxruntime or OpenCV's DNN module: ``logits`` for N x C x 64 x 64 inputs in
-    [0, 1] (C: :func:`input_channels` of its metadata)."""
+    [0, 1] (C: :func:`channels_of` of its metadata)."""
 
     def __init__(self, onnx_path, meta: dict, backend: str = BACKENDS[0]):
         if backend not in BACKENDS:

@@ -17,7 +17,7 @@ from smilekit.learn.data import CONTEXT_SIZE
 from smilekit.learn.model import SmileNet, load_checkpoint, save_checkpoint
 from smilekit.predict import Predictor
 from smilekit.runtime import default_model_path
-from smilekit.learn.train import balanced_weights, with_share
+from smilekit.learn.train import TrainConfig, balanced_weights, reads_colour, train, with_share
 from smilekit.learn.model import center
 
 
@@ -126,6 +126,23 @@ def test_fine_tune_keeps_the_base_architecture_and_its_settings(shared_data, tmp
     model, meta = load_checkpoint(tmp_path / "tuned.pt")
     assert meta["arch"] == "smilenet" and meta["arch_kwargs"] == {"width": 8}
     assert model.head[-1].in_features == 64  # 8 * 2**3 channels, as in the base
+
+
+def test_a_colour_base_is_fine_tuned_in_colour_on_grey_feedback_crops(shared_data, tmp_path):
+    from smilekit.learn.model import build_model
+
+    base = tmp_path / "colour.pt"
+    torch.manual_seed(0)
+    save_checkpoint(base, build_model("litenet", colour=True), "litenet", data={"mtfl": {"train": 20}})
+    grey = np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)  # feedback crops are stored grey
+    feedback = retrain.feedback_arrays([(Image.fromarray(grey), 1), (Image.fromarray(255 - grey), 0)])
+    config = TrainConfig(data_root=str(shared_data), datasets=("mtfl",), epochs=1, limit=20, draws_per_epoch=32, batch_size=16,
+                         init_from=str(base), extra_train=[feedback], extra_share=0.5, out=str(tmp_path / "tuned.pt"))
+    assert reads_colour(config)  # from the base checkpoint, as fine_tune's config names no architecture
+    report = train(config, progress=False)
+    model, meta = load_checkpoint(tmp_path / "tuned.pt")
+    assert report["extra_train_images"] == 2 and meta["arch_kwargs"]["colour"] and model.channels == 3
+    assert meta["preprocessing"].split(", ")[1] == "RGB"
 
 
 def test_fine_tune_passes_the_forgetting_settings_to_training(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import data as data_mod
 from . import metrics
-from ..runtime import DEFAULT_THRESHOLD, INPUT_SIZE, decision_threshold, input_channels, probabilities, with_channels
+from ..runtime import DEFAULT_THRESHOLD, INPUT_SIZE, channels_of, decision_threshold, probabilities, with_channels
 
 TEST_DATASETS = ("smilesmiled", "celeba-subset", "mtfl", "fer2013")
 
@@ -76,7 +76,7 @@ def evaluate(checkpoint, sets: dict[str, FaceSet]) -> dict[str, Evaluation]:
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     model, meta = load_checkpoint(checkpoint)
-    temperature, threshold, channels = float(meta.get("temperature", 1.0)), decision_threshold(meta), input_channels(meta)
+    temperature, threshold, channels = float(meta.get("temperature", 1.0)), decision_threshold(meta), channels_of(meta)
     return {name: Evaluation(name, s.labels, logits_of(model, center(torch.from_numpy(with_channels(s.crops, channels)))),
                              temperature, s.groups, threshold)
             for name, s in sets.items()}
