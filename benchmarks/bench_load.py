@@ -17,8 +17,8 @@ Scenarios, each on a freshly started server with its own temporary SQLite databa
   ``R/s for D s``               R new visitors a second for D seconds, each closing its page once its click is saved.
 
 Two visitor drivers run the same scenarios: headless Chromium (default), or with ``--protocol`` an asyncio client
-of the kernel protocol (``kernel_client.py``: the page's own requests and websocket messages, at a small fraction
-of the server's CPU, where Chromium costs several times it). ``--compare N`` runs N at once with each and compares
+of the kernel protocol (``kernel_client.py``: the page's own requests, on connections kept open as a browser keeps
+them, and websocket messages, at a small fraction of the server's CPU, where Chromium costs several times it). ``--compare N`` runs N at once with each and compares
 the server's CPU-s per visit and the rows; ``--servers 2`` serves through ``scripts/serve-replicas``; ``--variants``
 compares server settings back to back in one run.
 
