@@ -17,8 +17,8 @@ Scenarios, each on a freshly started server with its own temporary SQLite databa
   ``R/s for D s``               R new visitors a second for D seconds, each closing its page once its click is saved.
 
 Two visitor drivers run the same scenarios: headless Chromium (default), or with ``--protocol`` an asyncio client
-of the kernel protocol (``kernel_client.py``: the page's own requests and websocket messages, at a small fraction
-of the server's CPU, where Chromium costs several times it). ``--compare N`` runs N at once with each and compares
+of the kernel protocol (``kernel_client.py``: the page's own requests, on connections kept open as a browser keeps
+them, and websocket messages, at a small fraction of the server's CPU, where Chromium costs several times it). ``--compare N`` runs N at once with each and compares
 the server's CPU-s per visit and the rows; ``--servers 2`` serves through ``scripts/serve-replicas``; ``--variants``
 compares server settings back to back in one run.
 
@@ -74,6 +74,7 @@ class Visit:
     upload_to_label_s: float | None = None
     click_to_saved_s: float | None = None
     clicked: bool = False
+    http_connections: int | None = None  # HTTP connections its page opened (the protocol client counts them)
 
 
 @dataclass
@@ -318,10 +319,7 @@ class ProtocolVisitors:
         self.assets = assets
 
     async def __aenter__(self):
-        from tornado.httpclient import AsyncHTTPClient
-
-        AsyncHTTPClient.configure(None, max_clients=100_000)  # the limit is per page (kernel_client), not global
-        return self
+        return self  # each page keeps its own connections (kernel_client.KeepAliveHTTP): nothing shared to set up
 
     async def __aexit__(self, *_):
         pass
@@ -385,6 +383,7 @@ class ProtocolVisitors:
             visit.outcome = f"error: {str(error)[:100]}"
         except Exception as error:
             visit.outcome = f"error: {step}: {type(error).__name__}: {str(error)[:80]}"
+        visit.http_connections = page.http.opened
 
     async def close(self, page) -> None:
         page.close()
@@ -488,6 +487,7 @@ def summary(s: Scenario) -> dict:
     saves = [v.click_to_saved_s for v in s.visits if v.click_to_saved_s is not None]
     clicks = sum(v.clicked for v in s.visits)
     served = sum(v.outcome == "served" for v in s.visits)
+    connections = [v.http_connections for v in s.visits if v.http_connections is not None]
     failures: dict[str, int] = {}
     for v in s.visits:
         if v.outcome != "served" and not still_told_to_retry(v):
@@ -507,6 +507,7 @@ def summary(s: Scenario) -> dict:
         "load_generator_cpu_s": s.browser_cpu_s,
         "load_generator_cpu_s_per_visit": s.browser_cpu_s / served if served else None,
         "load_generator_share_of_server": s.browser_cpu_s / s.cpu_s if s.cpu_s else None,
+        "http_connections_per_visit": statistics.mean(connections) if connections else None,
         "kernels": s.kernels, "mb_per_session": s.kernel_rss_mb, "pss_mb_per_session": s.kernel_pss_mb,
         "uss_mb_per_session": s.kernel_uss_mb, "server_mb": s.server_rss_mb,
         "clicks": clicks, "db_rows": s.db_rows, "one_row_per_click": s.db_rows == clicks, "wall_s": s.wall_s,
@@ -569,6 +570,7 @@ def show(rows: list[dict]) -> None:
               f"{f(100 * r['load_generator_share_of_server'] if r.get('load_generator_share_of_server') else None, '.0f')} % of the server's, "
               f"until the last visitor was done ({f(r['wall_s'])} s); first answer (app or busy page) within {f(r['first_answer_max_s'])} s "
               f"for every visitor; {r['busy_answers']} busy pages shown, {r['busy']} visitors still told to retry at the end; "
+              f"{'' if r.get('http_connections_per_visit') is None else format(r['http_connections_per_visit'], '.1f') + ' HTTP connections per page; '}"
               f"{r['kernels']} kernels, MB per session {f(r['mb_per_session'], '.0f')} resident, "
               f"{f(r.get('pss_mb_per_session'), '.0f')} PSS, {f(r.get('uss_mb_per_session'), '.0f')} USS; "
               f"voila process {f(r['server_mb'], '.0f')} MB; target (every one served, p95 <= {TARGET_P95_S:.0f} s) "

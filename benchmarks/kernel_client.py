@@ -1,5 +1,7 @@
 """A visitor of the served app without a browser: the HTTP requests and kernel-websocket messages a Voilà 0.5 page
-with ipywidgets 8 makes, in asyncio (tornado's HTTP and websocket clients, which come with jupyter_server).
+with ipywidgets 8 makes, in asyncio (tornado, which comes with jupyter_server: its HTTP/1.1 connection and websocket
+client). Like a browser, a page keeps its HTTP connections open and reuses them, at most ``CONNECTIONS_PER_PAGE``
+at a time (``KeepAliveHTTP``; tornado's own HTTP client opens a connection per request).
 
 What the page does, and what ``ProtocolVisitor`` does in the same order:
 
@@ -35,14 +37,17 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
-from tornado.httputil import HTTPHeaders
+from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.httputil import HTTPHeaders, HTTPMessageDelegate, RequestStartLine, ResponseStartLine
+from tornado.iostream import IOStream, StreamClosedError
+from tornado.tcpclient import TCPClient
 from tornado.websocket import websocket_connect
 
 V1_SUBPROTOCOL = "v1.kernel.websocket.jupyter.org"
 #: the version ipywidgets 8's page puts in the control comm's metadata
 CONTROL_PROTOCOL_VERSION = "1.0.0"
-#: a browser opens at most this many connections to one host at a time
+#: a browser opens at most this many HTTP/1.1 connections to one host at a time, and keeps them open
 CONNECTIONS_PER_PAGE = 6
 #: the wait before loading again after a 503 that gives no Retry-After (the app's busy page always gives one)
 DEFAULT_RETRY_AFTER_S = 5
@@ -179,6 +184,98 @@ class CookieJar:
         return {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())} if self.cookies else {}
 
 
+class Response:
+    """One HTTP answer: ``code``, ``headers`` and ``body`` (decompressed)."""
+
+    def __init__(self, code: int, headers: HTTPHeaders, body: bytes):
+        self.code, self.headers, self.body = code, headers, body
+
+
+class _Answer(HTTPMessageDelegate):
+    """Collects one response from an ``HTTP1Connection``; ``on_headers`` is called as its headers arrive."""
+
+    def __init__(self, on_headers=None):
+        self.on_headers = on_headers
+        self.start: ResponseStartLine | None = None
+        self.headers = HTTPHeaders()
+        self.chunks: list[bytes] = []
+        self.complete = False
+
+    def headers_received(self, start_line, headers):
+        if self.on_headers is not None:
+            self.on_headers()
+        self.start, self.headers = start_line, headers
+
+    def data_received(self, chunk):
+        self.chunks.append(chunk)
+
+    def finish(self):
+        self.complete = True
+
+    def on_connection_close(self):
+        pass
+
+
+class KeepAliveHTTP:
+    """A page's HTTP/1.1 GETs to one server as a browser makes them: at most ``connections`` at a time, each
+    connection kept open and reused by the next request (unless the server says ``Connection: close``); a kept
+    connection the server has closed meanwhile is replaced once, as browsers do. ``opened`` counts connections."""
+
+    def __init__(self, connections: int = CONNECTIONS_PER_PAGE):
+        self.gate = asyncio.Semaphore(connections)
+        self.idle: list[IOStream] = []
+        self.opened = 0
+        self.tcp = TCPClient()
+
+    async def get(self, url: str, headers: dict[str, str], timeout_s: float, on_headers=None) -> Response:
+        """``url``'s answer; raises ``OSError`` (``StreamClosedError`` among them) if there is none,
+        ``asyncio.TimeoutError`` if it takes over ``timeout_s``."""
+        async with self.gate:
+            parts = urlsplit(url)
+            while self.idle:
+                stream = self.idle.pop()
+                if stream.closed():
+                    continue
+                try:
+                    return await asyncio.wait_for(self._exchange(stream, parts, headers, on_headers), timeout_s)
+                except StreamClosedError:  # closed by the server while it was kept: ask on a new connection
+                    break
+                except BaseException:
+                    stream.close()
+                    raise
+            stream = await asyncio.wait_for(self.tcp.connect(parts.hostname, parts.port or 80), timeout_s)
+            self.opened += 1
+            try:
+                return await asyncio.wait_for(self._exchange(stream, parts, headers, on_headers), timeout_s)
+            except BaseException:
+                stream.close()
+                raise
+
+    async def _exchange(self, stream: IOStream, parts, headers: dict[str, str], on_headers) -> Response:
+        connection = HTTP1Connection(stream, True, HTTP1ConnectionParameters(decompress=True))
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        answer = _Answer(on_headers)
+        connection.write_headers(RequestStartLine("GET", target or "/", "HTTP/1.1"),
+                                 HTTPHeaders({"Host": parts.netloc, "Connection": "keep-alive", "Accept-Encoding": "gzip",
+                                              **headers}))
+        connection.finish()
+        await connection.read_response(answer)
+        if not answer.complete or answer.start is None:
+            raise StreamClosedError()
+        closing = answer.start.version != "HTTP/1.1" or answer.headers.get("Connection", "").lower() == "close"
+        if closing or stream.closed():
+            stream.close()
+        else:
+            self.idle.append(stream)
+        return Response(answer.start.code, answer.headers, b"".join(answer.chunks))
+
+    def close(self) -> None:
+        """Close every kept connection (the tab is gone)."""
+        for stream in self.idle:
+            stream.close()
+        self.idle.clear()
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
@@ -191,7 +288,7 @@ class ProtocolVisitor:
         self.url = url if url.endswith("/") else url + "/"
         self.assets = assets
         self.timeout_s = timeout_s
-        self.http = AsyncHTTPClient()
+        self.http = KeepAliveHTTP()
         self.jar = CookieJar()
         self.session = str(uuid.uuid4())
         self.kernel_id: str | None = None
@@ -203,34 +300,28 @@ class ProtocolVisitor:
 
     # -- HTTP -----------------------------------------------------------------------------------------------
 
-    async def _get(self, url: str, step: str, note_first_answer: bool = False):
-        """``url`` with this visitor's cookies: (response, its headers). ``note_first_answer``: ``first_answer_at``
-        becomes the moment the status line arrived (tornado then leaves the headers to be parsed here)."""
-        lines: list[str] = []
+    async def _get(self, url: str, step: str, note_first_answer: bool = False) -> Response:
+        """``url`` with this visitor's cookies, on one of the page's kept connections. ``note_first_answer``:
+        ``first_answer_at`` becomes the moment the answer's headers arrived."""
 
-        def header_line(line: str) -> None:
-            if not lines:
-                self.first_answer_at = time.perf_counter()
-            lines.append(line)
+        def answered() -> None:
+            self.first_answer_at = time.perf_counter()
 
-        request = HTTPRequest(url, headers=self.jar.header(), request_timeout=self.timeout_s, follow_redirects=False,
-                              header_callback=header_line if note_first_answer else None)
         try:
-            response = await self.http.fetch(request, raise_error=False)
-        except (OSError, asyncio.TimeoutError) as error:
-            raise StepFailed(step, f"{type(error).__name__}: {error}") from None
-        if response.code == 599:  # tornado's code for no answer (refused, reset, timed out)
-            raise StepFailed(step, f"no answer: {response.error}")
-        headers = HTTPHeaders.parse("".join(lines[1:])) if note_first_answer else response.headers
-        self.jar.take(headers)
-        return response, headers
+            response = await self.http.get(url, self.jar.header(), self.timeout_s, answered if note_first_answer else None)
+        except asyncio.TimeoutError:
+            raise StepFailed(step, f"no answer within {self.timeout_s:g} s") from None
+        except OSError as error:  # refused, reset, closed
+            raise StepFailed(step, f"no answer: {type(error).__name__}: {error}") from None
+        self.jar.take(response.headers)
+        return response
 
     async def get_page(self) -> str:
         """The app's page; raises ``BusyAnswer`` on the busy page, ``StepFailed`` on anything else but 200."""
-        response, headers = await self._get(self.url, "page", note_first_answer=True)
+        response = await self._get(self.url, "page", note_first_answer=True)
         if response.code == 503:
             try:
-                retry = float(headers.get("Retry-After", DEFAULT_RETRY_AFTER_S))
+                retry = float(response.headers.get("Retry-After", DEFAULT_RETRY_AFTER_S))
             except ValueError:
                 retry = DEFAULT_RETRY_AFTER_S
             raise BusyAnswer(retry)
@@ -245,20 +336,19 @@ class ProtocolVisitor:
         return html
 
     async def get_assets(self) -> int:
-        """Every asset, at most ``CONNECTIONS_PER_PAGE`` at a time; returns the bytes received."""
-        gate = asyncio.Semaphore(CONNECTIONS_PER_PAGE)
+        """Every asset, at most ``CONNECTIONS_PER_PAGE`` at a time on the page's kept connections; returns the bytes
+        received."""
 
         async def one(url: str) -> int:
-            async with gate:
-                response, _ = await self._get(url, "assets")
-                if response.code != 200:
-                    raise StepFailed("assets", f"HTTP {response.code} for {urlsplit(url).path}")
-                return len(response.body)
+            response = await self._get(url, "assets")
+            if response.code != 200:
+                raise StepFailed("assets", f"HTTP {response.code} for {urlsplit(url).path}")
+            return len(response.body)
 
         return sum(await asyncio.gather(*(one(u) for u in self.assets)))
 
     async def get_kernel_model(self) -> dict:
-        response, _ = await self._get(f"{self.url}api/kernels/{self.kernel_id}?{int(time.time() * 1000)}", "kernel")
+        response = await self._get(f"{self.url}api/kernels/{self.kernel_id}?{int(time.time() * 1000)}", "kernel")
         if response.code != 200:
             raise StepFailed("kernel", f"HTTP {response.code} for the kernel's model")
         return json.loads(response.body)
@@ -404,10 +494,11 @@ class ProtocolVisitor:
             raise StepFailed("click", "the card does not say 'Saved: correct'")
 
     def close(self) -> None:
-        """The tab closed: its websocket goes, and its checks of the kernel stop."""
+        """The tab closed: its websocket and its kept connections go, and its checks of the kernel stop."""
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             self._heartbeat = None
         if self.ws is not None:
             self.ws.close()
             self.ws = None
+        self.http.close()

@@ -13,7 +13,8 @@ JupyterLab, the command line); ``SMILEKIT_MODELS_DIR`` is taken from the project
 | ``SMILEKIT_MODELS_DIR`` | where promoted models go | ``outputs/models/`` |
 | ``SMILEKIT_THREADS`` | inference threads per app kernel | 1 |
 | ``SMILEKIT_POOL_SIZE`` | preheated kernels the server keeps ready | 1 |
-| ``SMILEKIT_MAX_SESSIONS`` | live sessions before new visitors are asked to retry | from cores and memory |
+| ``SMILEKIT_MAX_SESSIONS`` | live sessions before new visitors are asked to retry | from memory |
+| ``SMILEKIT_REPLICAS`` | servers sharing this machine's memory (``scripts/serve-replicas`` sets it) | 1 |
 | ``SMILEKIT_MAX_STARTING`` | pages prepared at once before new visitors are asked to retry | 4 per core |
 | ``SMILEKIT_RETRY_AFTER`` | seconds after which the busy page loads the app again, plus up to as many at random | 2 |
 | ``SMILEKIT_FORK_KERNELS`` | the server forks kernels from a preloaded process (``smilekit/serve/forkkernel.py``) | on where ``os.fork`` exists |
@@ -80,8 +81,6 @@ def served_by_voila() -> bool:
     return "VOILA_BASE_URL" in os.environ
 
 
-#: live sessions a core carries (simultaneous page starts are what loads it; see docs/serving.md)
-SESSIONS_PER_CORE = 10
 #: pages prepared at once per core: with forked kernels a visit costs the server about 0.3-0.4 CPU-seconds; 4 a core
 #: with a 2 s retry served 20 visitors at once with page ready p95 5.2 s, against 10.7 s with 2 a core and a 5 s retry
 #: (benchmarks/bench_load.py --protocol, docs/serving.md)
@@ -89,7 +88,9 @@ STARTING_PER_CORE = 4
 #: the busy page loads the app again after this many seconds, plus up to as many again at random (5 before the
 #: protocol-driven load test showed the wait itself made most of page ready's p95 for a crowd)
 RETRY_AFTER_S = 2
-#: memory kept for a session: about 125 MB at rest, up to about 280 MB while it handles the largest upload
+#: memory kept for a session, what its kernel may need while it handles the largest upload (200-280 MB); at rest a
+#: session holds 72-82 MB proportional and costs no CPU, so memory, not cores, bounds how many stay open (CPU goes
+#: to page starts, which ``max_starting`` bounds; benchmarks/bench_load.py --protocol, docs/serving.md)
 SESSION_MB = 300
 #: memory kept for the server, the database and the system
 RESERVED_MB = 1024
@@ -123,11 +124,59 @@ def retry_after_s() -> int:
     return max(1, int(os.environ.get("SMILEKIT_RETRY_AFTER") or RETRY_AFTER_S))
 
 
+def replicas_on_machine() -> int:
+    """Servers that share this machine's memory (``SMILEKIT_REPLICAS``, which ``scripts/serve-replicas`` gives each
+    of its replicas), 1 by default; servers in containers with a memory limit each have their own."""
+    return max(1, int(os.environ.get("SMILEKIT_REPLICAS") or 1))
+
+
+def _cgroup_memory_limit(cgroup_root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")) -> int | None:
+    """The tightest memory limit, in bytes, on this process's control group and the groups above it (cgroup v2
+    ``memory.max``, v1 ``memory.limit_in_bytes``: a container's or a pod's limit), None if there is none."""
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return None
+    places = []
+    for line in lines:
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
+        if controllers == "":  # cgroup v2, one hierarchy
+            places.append((cgroup_root, path, "memory.max"))
+        elif "memory" in controllers.split(","):
+            places.append((cgroup_root / "memory", path, "memory.limit_in_bytes"))
+    limits = []
+    for mount, path, name in places:
+        folder = mount / path.lstrip("/")
+        for group in (folder, *folder.parents):
+            try:
+                value = (group / name).read_text().strip()
+            except OSError:
+                value = ""
+            if value.isdigit() and int(value) < 2**60:  # v1 writes "no limit" as a number close to 2**63
+                limits.append(int(value))
+            if group == mount:
+                break
+    return min(limits, default=None)
+
+
+def _physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def memory_mb() -> int:
+    """Memory this server may use, in MB: the machine's, or its container's limit if lower, shared equally by
+    ``replicas_on_machine`` servers."""
+    physical = _physical_memory()
+    limit = _cgroup_memory_limit()
+    return min(physical, limit or physical) // 2**20 // replicas_on_machine()
+
+
 def max_sessions() -> int:
     """Live sessions the server takes before asking new visitors to retry (``SMILEKIT_MAX_SESSIONS``); by
-    default ``SESSIONS_PER_CORE`` per core, fewer if memory holds fewer ``SESSION_MB`` sessions, at least 1."""
+    default as many ``SESSION_MB`` sessions as ``memory_mb`` holds beyond ``RESERVED_MB``, at least 1."""
     if os.environ.get("SMILEKIT_MAX_SESSIONS"):
         return max(1, int(os.environ["SMILEKIT_MAX_SESSIONS"]))
-    cores = _cores()
-    memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-    return max(1, min(SESSIONS_PER_CORE * cores, (memory_mb - RESERVED_MB) // SESSION_MB))
+    return max(1, (memory_mb() - RESERVED_MB) // SESSION_MB)

@@ -46,6 +46,48 @@ def test_widget_states_follow_the_kernels_messages():
     assert "b" not in states.states
 
 
+def test_a_page_keeps_its_http_connections_open_and_reuses_them_as_a_browser_does():
+    """20 GETs 6 at a time on at most 6 connections; a server's Connection: close and an idle connection the server
+    has closed meanwhile each cost a new connection, and the request still gets its answer."""
+    import asyncio
+    import socket
+
+    import tornado.web
+    from tornado.httpserver import HTTPServer
+    from tornado.netutil import bind_sockets
+
+    seen: list[int] = []  # the server's connection (stream) of every request
+
+    class Asset(tornado.web.RequestHandler):
+        def get(self, name):
+            seen.append(id(self.request.connection.stream))
+            if name == "last":
+                self.set_header("Connection", "close")
+            self.write(name * 1000)
+
+    async def visit():
+        [sock] = bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
+        server = HTTPServer(tornado.web.Application([(r"/(\w+)", Asset)]), idle_connection_timeout=0.5)
+        server.add_sockets([sock])
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+        http = kernel_client.KeepAliveHTTP()
+        try:
+            answers = await asyncio.gather(*(http.get(f"{url}a{k}", {}, 10) for k in range(20)))
+            assert [a.code for a in answers] == [200] * 20 and answers[7].body == b"a7" * 1000
+            assert http.opened == len(set(seen)) <= kernel_client.CONNECTIONS_PER_PAGE and len(http.idle) == http.opened
+            opened = http.opened
+            assert (await http.get(f"{url}last", {}, 10)).body == b"last" * 1000
+            assert http.opened == opened and len(http.idle) == opened - 1  # answered on a kept one, which then went
+            await asyncio.sleep(1.0)  # the server closes the connections kept idle
+            assert (await http.get(f"{url}again", {}, 10)).code == 200
+            assert http.opened == opened + 1
+        finally:
+            http.close()
+            server.stop()
+
+    run_coroutine(visit())
+
+
 @pytest.fixture(scope="module")
 def one_place(model_path, tmp_path_factory):
     """The app as scripts/serve runs it, with room for one session."""
