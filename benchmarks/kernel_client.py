@@ -232,24 +232,32 @@ class KeepAliveHTTP:
         ``asyncio.TimeoutError`` if it takes over ``timeout_s``."""
         async with self.gate:
             parts = urlsplit(url)
-            while self.idle:
-                stream = self.idle.pop()
-                if stream.closed():
-                    continue
+            kept = self._kept_connection()
+            if kept is not None:
                 try:
-                    return await asyncio.wait_for(self._exchange(stream, parts, headers, on_headers), timeout_s)
+                    return await self._exchange_or_close(kept, parts, headers, on_headers, timeout_s)
                 except StreamClosedError:  # closed by the server while it was kept: ask on a new connection
-                    break
-                except BaseException:
-                    stream.close()
-                    raise
+                    pass
             stream = await asyncio.wait_for(self.tcp.connect(parts.hostname, parts.port or 80), timeout_s)
             self.opened += 1
-            try:
-                return await asyncio.wait_for(self._exchange(stream, parts, headers, on_headers), timeout_s)
-            except BaseException:
-                stream.close()
-                raise
+            return await self._exchange_or_close(stream, parts, headers, on_headers, timeout_s)
+
+    def _kept_connection(self) -> IOStream | None:
+        """A kept connection still open (those the server closed meanwhile are dropped), or None."""
+        while self.idle:
+            stream = self.idle.pop()
+            if not stream.closed():
+                return stream
+        return None
+
+    async def _exchange_or_close(self, stream: IOStream, parts, headers: dict[str, str], on_headers,
+                                 timeout_s: float) -> Response:
+        """The answer on ``stream`` within ``timeout_s``; the connection is closed if there is none."""
+        try:
+            return await asyncio.wait_for(self._exchange(stream, parts, headers, on_headers), timeout_s)
+        except BaseException:
+            stream.close()
+            raise
 
     async def _exchange(self, stream: IOStream, parts, headers: dict[str, str], on_headers) -> Response:
         connection = HTTP1Connection(stream, True, HTTP1ConnectionParameters(decompress=True))
